@@ -1,0 +1,150 @@
+"""The `groundup` command line. Thin: each subcommand parses its arguments and calls one library
+function. Errors a user can fix print one message (no traceback) and exit with status 2."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+from groundup.errors import GroundupError
+
+
+# ---- tokenizer ------------------------------------------------------------------------------
+def cmd_tokenizer_train(args) -> int:
+    from groundup.data import load_corpus
+    from groundup.tokenizer import CharTokenizer, train_bpe
+
+    corpus = load_corpus(args.corpus, errors=args.errors)
+    start = time.perf_counter()
+    if args.type == "char":
+        tok = CharTokenizer.train(corpus.documents)
+    else:
+        tok = train_bpe(corpus.documents, args.vocab_size, pattern=args.pattern,
+                        special_tokens=args.special or ["<|endoftext|>"], progress=sys.stderr.isatty())
+    seconds = time.perf_counter() - start
+    tok.save(args.out)
+    text = corpus.text
+    n_tokens = len(tok.encode(text, allowed_special="none"))
+    print(f"trained {tok.kind} tokenizer on {args.corpus!r} ({len(text.encode()):,} bytes) in {seconds:.2f} s")
+    if tok.vocab_size < args.vocab_size:
+        print(f"note: stopped at vocab size {tok.vocab_size:,} < {args.vocab_size:,}: every chunk of this corpus is already one token")
+    print(f"vocab size {tok.vocab_size:,}; the corpus is {n_tokens:,} tokens ({len(text.encode()) / n_tokens:.2f} bytes/token)")
+    if tok.kind == "bpe":
+        first = [tok.token_bytes(i).decode("utf-8", "replace") for i in range(256, min(tok.vocab_size, 256 + 12))]
+        print("first merges:", " ".join(repr(t) for t in first))
+        longest = sorted(tok.ranks, key=len)[-5:]
+        print("longest tokens:", " ".join(repr(t.decode("utf-8", "replace")) for t in longest))
+    print(f"saved to {args.out}")
+    return 0
+
+
+def cmd_tokenizer_encode(args) -> int:
+    from groundup.tokenizer import load_tokenizer
+
+    tok = load_tokenizer(args.tokenizer, pattern=args.pattern)
+    text = _read_text_arg(args.text_file)
+    print(json.dumps(tok.encode(text)))
+    return 0
+
+
+def cmd_tokenizer_decode(args) -> int:
+    from groundup.tokenizer import load_tokenizer
+
+    tok = load_tokenizer(args.tokenizer, pattern=args.pattern)
+    raw = sys.stdin.read()
+    try:
+        ids = json.loads(raw)
+    except json.JSONDecodeError:
+        raise GroundupError("decode reads a JSON list of token ids on stdin, e.g. [72, 105]; the input is not valid JSON") from None
+    if not isinstance(ids, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
+        raise GroundupError("decode reads a JSON list of integer token ids on stdin, e.g. [72, 105]")
+    text = tok.decode(ids)
+    sys.stdout.write(text + ("\n" if sys.stdout.isatty() else ""))
+    return 0
+
+
+def _read_text_arg(path: str | None) -> str:
+    if path is None:
+        return sys.stdin.read()
+    from groundup.data.corpora import read_text_file
+    from pathlib import Path
+
+    p = Path(path)
+    if not p.exists():
+        raise GroundupError(f"text file {path} does not exist")
+    return read_text_file(p, "strict")
+
+
+# ---- data -----------------------------------------------------------------------------------
+def cmd_data_prepare(args) -> int:
+    from groundup.data import build_tokenizer, load_corpus, prepare
+
+    corpus = load_corpus(args.corpus, errors=args.errors)
+    tok = build_tokenizer(args.tokenizer, corpus, args.vocab_size, args.pattern)
+    data = prepare(corpus, tok, args.out, val_fraction=args.val_fraction)
+    m = data.meta
+    print(f"corpus {m['corpus']!r}: {m['characters']:,} characters")
+    print(f"tokenizer {m['tokenizer_kind']} (vocab {m['vocab_size']:,}, fingerprint {m['tokenizer_fingerprint'][:12]})")
+    print(f"train {m['tokens']['train']:,} tokens, val {m['tokens']['val']:,} tokens ({m['dtype']}) → {data.directory}")
+    return 0
+
+
+# ---- the parser -----------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="groundup", description="Language models from first principles.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    tok = sub.add_parser("tokenizer", help="train, encode and decode with a tokenizer")
+    tok_sub = tok.add_subparsers(dest="action", metavar="ACTION", required=True)
+    t = tok_sub.add_parser("train", help="learn a byte-level BPE (or char) vocabulary from a corpus")
+    t.add_argument("--corpus", default="shakespeare", help="shakespeare, python-docs, a .txt file or a folder of them")
+    t.add_argument("--vocab-size", type=int, default=4096, help="total vocabulary incl. 256 bytes and specials")
+    t.add_argument("--type", choices=["bpe", "char"], default="bpe")
+    t.add_argument("--pattern", default="cl100k", help="pre-tokenizer regex: gpt2, cl100k, or a regex")
+    t.add_argument("--special", action="append", help="special token (repeatable; default <|endoftext|>)")
+    t.add_argument("--errors", choices=["strict", "replace"], default="strict", help="non-UTF-8 bytes in .txt files")
+    t.add_argument("--out", required=True, help="where to write the tokenizer JSON")
+    t.set_defaults(func=cmd_tokenizer_train)
+    for name, func, helptext in [("encode", cmd_tokenizer_encode, "text (stdin or --text-file) → JSON list of ids"),
+                                 ("decode", cmd_tokenizer_decode, "JSON list of ids on stdin → text")]:
+        p = tok_sub.add_parser(name, help=helptext)
+        p.add_argument("--tokenizer", required=True, help="a groundup tokenizer .json or a .tiktoken rank file")
+        p.add_argument("--pattern", default="cl100k", help="split pattern for .tiktoken files: gpt2 or cl100k")
+        if name == "encode":
+            p.add_argument("--text-file", help="read the text from this file instead of stdin")
+        p.set_defaults(func=func)
+
+    data = sub.add_parser("data", help="prepare token files from a corpus")
+    data_sub = data.add_subparsers(dest="action", metavar="ACTION", required=True)
+    d = data_sub.add_parser("prepare", help="encode a corpus into train.bin/val.bin + meta.json")
+    d.add_argument("--corpus", default="shakespeare")
+    d.add_argument("--tokenizer", default="char", help="char, bpe (train one), or a tokenizer file")
+    d.add_argument("--vocab-size", type=int, default=4096, help="with --tokenizer bpe")
+    d.add_argument("--pattern", default="cl100k")
+    d.add_argument("--val-fraction", type=float, default=0.1)
+    d.add_argument("--errors", choices=["strict", "replace"], default="strict")
+    d.add_argument("--out", required=True)
+    d.set_defaults(func=cmd_data_prepare)
+
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except GroundupError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

