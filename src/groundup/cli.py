@@ -91,6 +91,56 @@ def cmd_data_prepare(args) -> int:
     return 0
 
 
+# ---- train ----------------------------------------------------------------------------------
+def cmd_train(args) -> int:
+    from groundup.config import load_config
+    from groundup.train.checkpoint import read_run_config
+    from groundup.train.trainer import train
+
+    overrides = list(args.set or [])
+    if args.max_steps is not None:
+        overrides.append(f"max_steps={args.max_steps}")
+    if args.time_budget is not None:
+        overrides.append(f"time_budget={args.time_budget}")
+    if args.engine is not None:
+        overrides.append(f"engine={args.engine}")
+    if args.compile:
+        overrides.append("compile=true")
+    if args.device is not None:
+        overrides.append(f"device={args.device}")
+    if args.resume:
+        if args.config:
+            raise GroundupError("--resume continues a run with its own config.json; drop --config (use --set to change train settings)")
+        from groundup.config import parse_override
+
+        config = read_run_config(args.resume).replace(**dict(parse_override(o) for o in overrides))
+        train(config, args.resume, resume=True)
+        return 0
+    if not args.out:
+        raise GroundupError("say where the run goes: --out runs/NAME (or --resume runs/NAME to continue one)")
+    config = load_config(args.config, overrides)
+    train(config, args.out)
+    return 0
+
+
+# ---- sample, demo -----------------------------------------------------------------------------
+def cmd_sample(args) -> int:
+    from groundup.sample import SamplingSettings, sample_text
+
+    settings = SamplingSettings(args.max_new_tokens, args.temperature, args.top_k, args.top_p, args.seed)
+    sys.stdout.write(args.prompt)
+    sample_text(args.run, args.prompt, settings, device=args.device, stream=sys.stdout)
+    sys.stdout.write("\n")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from groundup.demo import run_demo
+
+    run_demo(args.out, args.seconds, args.max_steps, args.new_tokens, tuple(args.set or ()))
+    return 0
+
+
 # ---- the parser -----------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="groundup", description="Language models from first principles.")
@@ -127,6 +177,37 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--errors", choices=["strict", "replace"], default="strict")
     d.add_argument("--out", required=True)
     d.set_defaults(func=cmd_data_prepare)
+
+    tr = sub.add_parser("train", help="train a model (PyTorch or NumPy engine); torchrun-ready")
+    tr.add_argument("--config", help="a TOML config (see configs/); defaults apply without one")
+    tr.add_argument("--set", action="append", metavar="KEY=VALUE", help="override any config field, e.g. --set max_steps=300")
+    tr.add_argument("--out", help="run directory to create, e.g. runs/shakespeare_char")
+    tr.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its last good checkpoint")
+    tr.add_argument("--max-steps", type=int, help="same as --set max_steps=N")
+    tr.add_argument("--time-budget", type=float, help="stop after this many seconds (still evaluates and saves)")
+    tr.add_argument("--engine", choices=["torch", "numpy"], help="same as --set engine=…")
+    tr.add_argument("--device", help="auto, cpu, cuda, cuda:N, mps")
+    tr.add_argument("--compile", action="store_true", help="torch.compile the model")
+    tr.set_defaults(func=cmd_train)
+
+    sa = sub.add_parser("sample", help="generate text from a trained run (streams as it goes)")
+    sa.add_argument("--run", required=True, help="a run directory, e.g. runs/shakespeare_char")
+    sa.add_argument("--prompt", default="", help="text to continue (empty: start from <|endoftext|> or a newline)")
+    sa.add_argument("--max-new-tokens", type=int, default=300)
+    sa.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
+    sa.add_argument("--top-k", type=int, default=None)
+    sa.add_argument("--top-p", type=float, default=None)
+    sa.add_argument("--seed", type=int, default=None, help="same seed → same text")
+    sa.add_argument("--device", default="auto")
+    sa.set_defaults(func=cmd_sample)
+
+    de = sub.add_parser("demo", help="the main job: prepare Shakespeare, sample, train ~2 min, sample again")
+    de.add_argument("--out", default="runs/demo")
+    de.add_argument("--seconds", type=float, default=120.0, help="training time budget")
+    de.add_argument("--max-steps", type=int, default=2000)
+    de.add_argument("--new-tokens", type=int, default=300)
+    de.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config field")
+    de.set_defaults(func=cmd_demo)
 
     return parser
 

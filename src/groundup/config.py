@@ -1,0 +1,253 @@
+"""Typed configuration: dataclasses validated at construction, loaded from TOML, overridden by --set.
+
+A run's config has three sections, each a dataclass:
+
+    [model]  ModelConfig  the architecture (what the weights mean)
+    [data]   DataConfig   corpus and tokenizer
+    [train]  TrainConfig  optimisation, evaluation, checkpoints, device
+
+Every field name is unique across sections, so `--set max_steps=300` needs no section prefix
+(`--set train.max_steps=300` works too). Values are parsed as TOML literals (`--set dropout=0.1`,
+`--set positional="rope"` or just `--set positional=rope`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from groundup.errors import ConfigError
+
+
+def _check(cond: bool, message: str) -> None:
+    if not cond:
+        raise ConfigError(message)
+
+
+@dataclass
+class ModelConfig:
+    vocab_size: int = 0  # 0 = take it from the tokenizer
+    block_size: int = 64  # context length T
+    n_layer: int = 4
+    n_head: int = 4
+    n_embd: int = 128  # model width C; each head has d_k = C / n_head
+    ffn_mult: int = 4  # feed-forward hidden width = ffn_mult · C
+    activation: str = "gelu"  # relu | gelu (tanh approximation, as GPT-2)
+    positional: str = "sinusoidal"  # sinusoidal (Vaswani et al. 2017) | learned (GPT-2) | rope (RoFormer)
+    norm: str = "pre"  # pre (GPT-2: x + f(LN(x))) | post (2017: LN(x + f(x)))
+    bias: bool = True  # biases in linear layers and layer norms
+    dropout: float = 0.0
+    tie_embeddings: bool = True  # the LM head reuses the token-embedding matrix
+    attention: str = "sdpa"  # sdpa (F.scaled_dot_product_attention) | math (every step explicit)
+
+    def __post_init__(self):
+        for name in ("block_size", "n_layer", "n_head", "n_embd", "ffn_mult"):
+            value = getattr(self, name)
+            _check(isinstance(value, int) and not isinstance(value, bool) and value > 0,
+                   f"model.{name} must be a positive integer, got {value!r}")
+        _check(isinstance(self.vocab_size, int) and self.vocab_size >= 0, f"model.vocab_size must be ≥ 0, got {self.vocab_size!r}")
+        _check(self.n_embd % self.n_head == 0,
+               f"model.n_embd ({self.n_embd}) must be divisible by model.n_head ({self.n_head}): each head gets n_embd / n_head dimensions")
+        _check(self.activation in ("relu", "gelu"), f"model.activation must be 'relu' or 'gelu', got {self.activation!r}")
+        _check(self.positional in ("sinusoidal", "learned", "rope"),
+               f"model.positional must be 'sinusoidal', 'learned' or 'rope', got {self.positional!r}")
+        _check(self.norm in ("pre", "post"), f"model.norm must be 'pre' or 'post', got {self.norm!r}")
+        _check(self.attention in ("sdpa", "math"), f"model.attention must be 'sdpa' or 'math', got {self.attention!r}")
+        _check(0.0 <= self.dropout < 1.0, f"model.dropout must be in [0, 1), got {self.dropout}")
+        if self.positional == "rope":
+            _check(self.head_size % 2 == 0,
+                   f"rope rotates pairs of dimensions, so the head size n_embd / n_head must be even; got {self.n_embd} / {self.n_head} = {self.head_size}")
+        if self.positional == "sinusoidal":
+            _check(self.n_embd % 2 == 0, f"sinusoidal positions pair sin and cos, so model.n_embd must be even, got {self.n_embd}")
+
+    @property
+    def head_size(self) -> int:
+        return self.n_embd // self.n_head
+
+
+@dataclass
+class DataConfig:
+    corpus: str = "shakespeare"  # shakespeare | python-docs | path to .txt file or folder
+    tokenizer: str = "char"  # char | bpe (trained on the corpus, cached) | path to a tokenizer file
+    bpe_vocab_size: int = 4096  # with tokenizer = "bpe"
+    pattern: str = "cl100k"  # pre-tokenizer for bpe / .tiktoken files
+    val_fraction: float = 0.1
+    errors: str = "strict"  # strict | replace: how to read non-UTF-8 .txt files
+
+    def __post_init__(self):
+        _check(0.0 < self.val_fraction < 1.0, f"data.val_fraction must be in (0, 1), got {self.val_fraction}")
+        _check(self.errors in ("strict", "replace"), f"data.errors must be 'strict' or 'replace', got {self.errors!r}")
+        _check(self.bpe_vocab_size >= 257, f"data.bpe_vocab_size must be at least 257 (256 bytes + <|endoftext|>), got {self.bpe_vocab_size}")
+
+
+@dataclass
+class TrainConfig:
+    engine: str = "torch"  # torch | numpy
+    batch_size: int = 12  # sequences per micro-batch per process
+    grad_accum_steps: int = 1  # micro-batches per optimizer step
+    max_steps: int = 2000
+    time_budget: float = 0.0  # seconds; 0 = no limit. Stops early, still evaluates and saves.
+    learning_rate: float = 1e-3
+    min_lr: float = 1e-4
+    warmup_steps: int = 100  # linear warmup from 0
+    lr_decay_steps: int = 0  # cosine decay to min_lr over this many steps; 0 = max_steps
+    weight_decay: float = 0.1  # decoupled (AdamW), on weight matrices only
+    beta1: float = 0.9
+    beta2: float = 0.99
+    eps: float = 1e-8
+    grad_clip: float = 1.0  # max global gradient norm; 0 = off
+    eval_interval: int = 250
+    eval_iters: int = 40  # fixed val batches per evaluation
+    log_interval: int = 10
+    checkpoint_interval: int = 500  # 0 = only at the end
+    keep_checkpoints: int = 3
+    seed: int = 1337
+    device: str = "auto"  # auto (cuda, else mps, else cpu) | cpu | cuda | cuda:N | mps
+    dtype: str = "auto"  # auto (bf16 autocast on CUDA, else fp32) | float32 | bfloat16 | float64
+    compile: bool = False  # torch.compile the model
+    threads: int = 0  # CPU threads for torch; 0 = torch's default
+
+    def __post_init__(self):
+        _check(self.engine in ("torch", "numpy"), f"train.engine must be 'torch' or 'numpy', got {self.engine!r}")
+        for name in ("batch_size", "grad_accum_steps", "eval_iters", "log_interval", "eval_interval", "keep_checkpoints"):
+            _check(getattr(self, name) >= 1, f"train.{name} must be ≥ 1, got {getattr(self, name)}")
+        for name in ("max_steps", "warmup_steps", "lr_decay_steps", "checkpoint_interval", "threads"):
+            _check(getattr(self, name) >= 0, f"train.{name} must be ≥ 0, got {getattr(self, name)}")
+        for name in ("learning_rate", "min_lr", "weight_decay", "grad_clip", "time_budget", "eps"):
+            _check(getattr(self, name) >= 0, f"train.{name} must be ≥ 0, got {getattr(self, name)}")
+        _check(self.min_lr <= self.learning_rate, f"train.min_lr ({self.min_lr}) must not exceed train.learning_rate ({self.learning_rate})")
+        for name in ("beta1", "beta2"):
+            _check(0.0 <= getattr(self, name) < 1.0, f"train.{name} must be in [0, 1), got {getattr(self, name)}")
+        _check(self.dtype in ("auto", "float32", "bfloat16", "float16", "float64"),
+               f"train.dtype must be auto, float32, bfloat16, float16 or float64, got {self.dtype!r}")
+
+    @property
+    def decay_steps(self) -> int:
+        return self.lr_decay_steps or self.max_steps
+
+
+@dataclass
+class RunConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict, source: str = "config") -> "RunConfig":
+        if not isinstance(d, dict):
+            raise ConfigError(f"{source}: expected a table of sections [model], [data], [train]")
+        unknown = set(d) - set(SECTIONS)
+        if unknown:
+            raise ConfigError(f"{source}: unknown section(s) {sorted(unknown)}; expected {list(SECTIONS)}")
+        sections = {}
+        for name, klass in SECTIONS.items():
+            values = d.get(name, {})
+            if not isinstance(values, dict):
+                raise ConfigError(f"{source}: [{name}] must be a table")
+            sections[name] = _build(klass, values, f"{source} [{name}]")
+        return cls(**sections)
+
+    def replace(self, **changes) -> "RunConfig":
+        """A copy with fields changed by name (any section), validated again."""
+        d = self.to_dict()
+        for key, value in changes.items():
+            section, name = _locate(key)
+            d[section][name] = value
+        return RunConfig.from_dict(d)
+
+
+SECTIONS = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig}
+
+
+def _field_types(klass) -> dict[str, type]:
+    return {f.name: f.type for f in dataclasses.fields(klass)}
+
+
+def _locate(key: str) -> tuple[str, str]:
+    """'max_steps' or 'train.max_steps' → ('train', 'max_steps'); unknown keys get suggestions."""
+    if "." in key:
+        section, name = key.split(".", 1)
+        if section in SECTIONS and name in _field_types(SECTIONS[section]):
+            return section, name
+    else:
+        for section, klass in SECTIONS.items():
+            if key in _field_types(klass):
+                return section, key
+    every = [n for k in SECTIONS.values() for n in _field_types(k)]
+    close = difflib.get_close_matches(key.split(".")[-1], every, n=3)
+    hint = f"; did you mean {', '.join(close)}?" if close else f"; known keys: {', '.join(every)}"
+    raise ConfigError(f"unknown config key {key!r}{hint}")
+
+
+def _coerce(value, annotation: str, where: str):
+    """Check a TOML value against a field's annotation (ints are accepted where floats are)."""
+    expected = {"int": int, "float": float, "str": str, "bool": bool}[annotation]
+    if expected is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, bool) and expected is not bool:
+        raise ConfigError(f"{where} must be {annotation}, got a boolean ({value})")
+    if not isinstance(value, expected):
+        raise ConfigError(f"{where} must be {annotation}, got {type(value).__name__} {value!r}")
+    return value
+
+
+def _build(klass, values: dict, source: str):
+    types_ = _field_types(klass)
+    unknown = [k for k in values if k not in types_]
+    if unknown:
+        close = difflib.get_close_matches(unknown[0], list(types_), n=3)
+        hint = f"; did you mean {', '.join(close)}?" if close else f"; known keys: {', '.join(types_)}"
+        raise ConfigError(f"{source}: unknown key {unknown[0]!r}{hint}")
+    kwargs = {k: _coerce(v, types_[k], f"{source} {k}") for k, v in values.items()}
+    try:
+        return klass(**kwargs)
+    except ConfigError as e:
+        raise ConfigError(f"{source}: {e}") from None
+
+
+def parse_override(text: str) -> tuple[str, object]:
+    """'key=value' → (key, value); the value is a TOML literal, or a bare string."""
+    if "=" not in text:
+        raise ConfigError(f"--set expects key=value, got {text!r}")
+    key, raw = (s.strip() for s in text.split("=", 1))
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw  # a bare word such as rope or ../my.txt
+    return key, value
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
+    """Read a TOML file (or start from defaults) and apply `key=value` overrides."""
+    d: dict = {name: {} for name in SECTIONS}
+    source = "defaults"
+    if path is not None:
+        path = Path(path)
+        if not path.exists():
+            raise ConfigError(f"config file {path} does not exist (shipped configs live in configs/)")
+        if path.is_dir():
+            raise ConfigError(f"config path {path} is a directory; pass a .toml file")
+        try:
+            loaded = tomllib.loads(path.read_text(encoding="utf-8"))
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+            raise ConfigError(f"config file {path} is not valid TOML: {e}") from None
+        for section, values in loaded.items():
+            d.setdefault(section, {})
+            if isinstance(values, dict):
+                d[section].update(values)
+            else:
+                d[section] = values
+        source = str(path)
+    for text in overrides:
+        key, value = parse_override(text)
+        section, name = _locate(key)
+        d[section][name] = value
+    return RunConfig.from_dict(d, source)

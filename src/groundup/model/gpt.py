@@ -1,0 +1,132 @@
+"""The GPT model, in the order the explanation goes:
+
+  token ids (B, T)
+    → token embedding (+ positional encoding)                      (B, T, C)
+    → n_layer × Block: causal self-attention + feed-forward,
+                       each with a residual connection and layer norm
+    → final layer norm (pre-norm layout only)
+    → language-model head: logits over the vocabulary              (B, T, V)
+    → softmax + cross-entropy against the next token               scalar loss
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from groundup.config import ModelConfig
+from groundup.errors import ConfigError
+from groundup.model.attention import KVCache
+from groundup.model.block import Block
+from groundup.model.positional import LearnedPositions, SinusoidalPositions
+
+
+class GPT(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        if config.vocab_size <= 0:
+            raise ConfigError("model.vocab_size must be set (it normally comes from the tokenizer)")
+        self.config = config
+        C = config.n_embd
+        self.token_embedding = nn.Embedding(config.vocab_size, C)
+        if config.positional == "learned":
+            self.position_embedding = LearnedPositions(config.block_size, C)
+        elif config.positional == "sinusoidal":
+            self.position_embedding = SinusoidalPositions(config.block_size, C)
+        else:
+            self.position_embedding = None  # rope acts inside attention, on queries and keys
+        # The 2017 paper scales embeddings by √C before adding the fixed sinusoids.
+        self.embedding_scale = math.sqrt(C) if config.positional == "sinusoidal" else 1.0
+        self.embedding_dropout = nn.Dropout(config.dropout)
+        self.blocks = nn.ModuleList([Block(config) for _ in range(config.n_layer)])
+        # Post-norm blocks already end in a layer norm; pre-norm needs one before the head.
+        self.final_norm = nn.LayerNorm(C, bias=config.bias) if config.norm == "pre" else nn.Identity()
+        self.lm_head = nn.Linear(C, config.vocab_size, bias=False)
+        if config.tie_embeddings:
+            self.lm_head.weight = self.token_embedding.weight  # one matrix: id → vector and vector → logits
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """GPT-2 initialisation: N(0, 0.02), residual projections scaled by 1/√(2·n_layer)."""
+        std = 0.02
+        for name, p in self.named_parameters():
+            if name.endswith("bias"):
+                nn.init.zeros_(p)
+            elif "norm" in name:
+                nn.init.ones_(p)
+            elif name.endswith(("attention.output.weight", "ffn.down.weight")):
+                nn.init.normal_(p, 0.0, std / math.sqrt(2 * self.config.n_layer))
+            else:
+                nn.init.normal_(p, 0.0, std)
+
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None,
+                cache: KVCache | None = None, start: int = 0) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """idx: (B, T) token ids at positions start..start+T-1 → (logits (B, T, V), loss or None)."""
+        B, T = idx.shape
+        if start + T > self.config.block_size:
+            raise ValueError(f"sequence of {start + T} positions exceeds block_size {self.config.block_size}")
+        x = self.token_embedding(idx) * self.embedding_scale  # (B, T, C)
+        if self.position_embedding is not None:
+            positions = torch.arange(start, start + T, device=idx.device)
+            x = x + self.position_embedding(positions)  # broadcast (T, C) over the batch
+        x = self.embedding_dropout(x)
+        for layer, block in enumerate(self.blocks):
+            x = block(x, cache, layer, start)
+        x = self.final_norm(x)
+        logits = self.lm_head(x)  # (B, T, V): a score for every possible next token
+        if cache is not None:
+            cache.length = start + T
+        loss = None
+        if targets is not None:
+            # Cross-entropy = −log softmax(logits)[target], averaged over every position.
+            loss = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), targets.reshape(-1))
+        return logits, loss
+
+    # ---- what the labs need ---------------------------------------------------------------
+    def num_params(self, non_embedding: bool = False) -> int:
+        """Trainable parameters (a tied matrix counted once). non_embedding: without the token and
+        position embeddings and the LM head (Kaplan et al.'s N)."""
+        n = sum(p.numel() for p in self.parameters())
+        if non_embedding:
+            n -= self.token_embedding.weight.numel()
+            if isinstance(self.position_embedding, LearnedPositions):
+                n -= self.position_embedding.weight.numel()
+            if not self.config.tie_embeddings:
+                n -= self.lm_head.weight.numel()
+        return n
+
+    def flops_per_token(self, seq_len: int | None = None) -> float:
+        """Training FLOPs per token (forward + backward), PaLM appendix B / nanoGPT:
+
+            6·N + 12·n_layer·T·C
+
+        N = the parameters used in matmuls (non-embedding + the LM head's V·C); the second term is
+        QKᵀ and the weighted sum of V (2·T·C multiply-adds each per layer, forward), ×3 for the
+        backward pass. The causal mask is ignored, as in the usual convention."""
+        c = self.config
+        T = seq_len or c.block_size
+        n_matmul = self.num_params(non_embedding=True) + c.vocab_size * c.n_embd
+        return 6 * n_matmul + 12 * c.n_layer * T * c.n_embd
+
+    def weights(self) -> dict[str, torch.Tensor]:
+        """The tensors a checkpoint stores (a tied LM head is the token embedding: stored once)."""
+        state = self.state_dict()
+        if self.config.tie_embeddings:
+            state.pop("lm_head.weight")
+        return state
+
+    def load_weights(self, tensors: dict[str, torch.Tensor], source: str = "weights") -> None:
+        """Load `weights()`-style tensors after checking every name and shape against the config."""
+        from groundup.train.checkpoint import check_weights
+
+        check_weights(tensors, self.weights(), source)
+        with torch.no_grad():
+            for name, param in self.weights().items():
+                param.copy_(tensors[name])
+
+    def new_cache(self, batch_size: int = 1) -> KVCache:
+        p = self.token_embedding.weight
+        return KVCache(self.config, batch_size, p.device, p.dtype)

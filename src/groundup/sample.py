@@ -1,0 +1,157 @@
+"""Sampling new text: the model predicts a distribution over the next token; we draw one, append
+it, and repeat.
+
+    p = softmax(logits / temperature)          temperature 0 → always the most likely token
+    top-k: keep the k most likely tokens; top-p: keep the smallest set whose probability ≥ p
+    draw the next token from what is left, renormalised
+
+A KV cache keeps every layer's keys and values, so each new token costs one query against the
+cache (O(context)) instead of re-running the whole context. Once the context window is full, the
+window slides: the last block_size − 1 tokens are re-encoded (positions are absolute), exactly as
+an uncached model that crops its input would see them.
+"""
+
+from __future__ import annotations
+
+import codecs
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import torch
+
+from groundup.errors import GroundupError
+from groundup.model import GPT
+
+MAX_NEW_TOKENS = 1_000_000
+
+
+@dataclass
+class SamplingSettings:
+    max_new_tokens: int = 200
+    temperature: float = 1.0
+    top_k: int | None = None
+    top_p: float | None = None
+    seed: int | None = None
+
+    def __post_init__(self):
+        if isinstance(self.max_new_tokens, bool) or not isinstance(self.max_new_tokens, int) or not 1 <= self.max_new_tokens <= MAX_NEW_TOKENS:
+            raise GroundupError(f"max-new-tokens must be an integer between 1 and {MAX_NEW_TOKENS:,}, got {self.max_new_tokens!r}")
+        if not self.temperature >= 0:  # also rejects NaN
+            raise GroundupError(f"temperature must be ≥ 0 (0 = greedy), got {self.temperature}")
+        if self.top_k is not None and self.top_k < 1:
+            raise GroundupError(f"top-k must be ≥ 1, got {self.top_k}")
+        if self.top_p is not None and not 0 < self.top_p <= 1:
+            raise GroundupError(f"top-p must be in (0, 1], got {self.top_p}")
+
+
+def next_token_distribution(logits: torch.Tensor, settings: SamplingSettings) -> torch.Tensor:
+    """logits (V,) → probabilities (V,) after temperature, top-k and top-p."""
+    logits = logits.float() / settings.temperature
+    if settings.top_k is not None and settings.top_k < logits.numel():
+        kth = torch.topk(logits, settings.top_k).values[-1]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    probs = torch.softmax(logits, dim=-1)
+    if settings.top_p is not None and settings.top_p < 1.0:
+        sorted_probs, order = torch.sort(probs, descending=True)
+        cumulative = torch.cumsum(sorted_probs, dim=-1)
+        drop = cumulative - sorted_probs >= settings.top_p  # tokens after the nucleus is complete
+        sorted_probs = sorted_probs.masked_fill(drop, 0.0)
+        probs = torch.zeros_like(probs).scatter_(0, order, sorted_probs)
+        probs = probs / probs.sum()
+    return probs
+
+
+@torch.inference_mode()
+def generate(model: GPT, prompt_ids: list[int], settings: SamplingSettings, use_cache: bool = True) -> Iterator[int]:
+    """Yield new token ids one at a time (streaming). Same seed, same settings → same tokens."""
+    if not prompt_ids:
+        raise GroundupError("the prompt is empty after tokenization; give at least one token")
+    model.eval()
+    device = model.token_embedding.weight.device
+    block = model.config.block_size
+    generator = torch.Generator(device="cpu")
+    generator.manual_seed(settings.seed if settings.seed is not None else torch.seed())
+    context = list(prompt_ids[-block:])
+    cache = model.new_cache(1) if use_cache else None
+    logits = _prefill(model, context, cache, device)
+    for _ in range(settings.max_new_tokens):
+        if settings.temperature == 0:
+            token = int(torch.argmax(logits))
+        else:
+            probs = next_token_distribution(logits, settings).cpu()
+            token = int(torch.multinomial(probs, 1, generator=generator))
+        yield token
+        context.append(token)
+        if cache is None:
+            context = context[-block:]
+            logits = model(torch.tensor([context], device=device))[0][0, -1]
+        elif cache.length < block:  # room left: one query against the cache
+            logits = model(torch.tensor([[token]], device=device), cache=cache, start=cache.length)[0][0, -1]
+        else:  # window full: slide it and re-encode (absolute positions shift)
+            context = context[-block:]
+            logits = _prefill(model, context, cache, device)
+
+
+def _prefill(model: GPT, context: list[int], cache, device) -> torch.Tensor:
+    if cache is not None:
+        cache.length = 0
+    return model(torch.tensor([context], device=device), cache=cache, start=0)[0][0, -1]
+
+
+# ---- loading a trained run --------------------------------------------------------------------
+def load_run(run_dir: str | os.PathLike, device: str = "auto"):
+    """(model, tokenizer, config) from a run directory written by either engine."""
+    from groundup.tokenizer import load_tokenizer
+    from groundup.train import checkpoint as ckpt
+    from groundup.util.device import pick_device
+
+    run_dir = Path(run_dir)
+    directory, _ = ckpt.find_checkpoint(run_dir)
+    config = ckpt.read_run_config(run_dir)
+    tokenizer_path = run_dir / ckpt.TOKENIZER
+    if not tokenizer_path.exists():
+        raise GroundupError(f"{tokenizer_path} is missing; the run directory is incomplete")
+    tokenizer = load_tokenizer(tokenizer_path)
+    model = GPT(config.model)
+    model.load_weights(ckpt.read_tensors(directory / ckpt.WEIGHTS), str(directory / ckpt.WEIGHTS))
+    model.to(pick_device(device))
+    model.eval()
+    return model, tokenizer, config
+
+
+def encode_prompt(tokenizer, prompt: str, block_size: int, warn=None) -> list[int]:
+    """Prompt → ids; an empty prompt starts from <|endoftext|> (or a newline); a prompt longer
+    than the context keeps its last block_size tokens, with a warning."""
+    warn = warn or (lambda m: print(f"warning: {m}", file=sys.stderr))
+    if prompt == "":
+        if tokenizer.eot_id is not None:
+            return [tokenizer.eot_id]
+        return tokenizer.encode("\n")
+    ids = tokenizer.encode(prompt)
+    if len(ids) > block_size:
+        warn(f"the prompt is {len(ids)} tokens but the model's context is {block_size}; "
+             f"keeping the last {block_size} tokens")
+        ids = ids[-block_size:]
+    return ids
+
+
+def sample_text(run_dir, prompt: str, settings: SamplingSettings, device: str = "auto", stream=None) -> str:
+    """Generate from a run and return the new text; with `stream`, write it as it is produced."""
+    model, tokenizer, _ = load_run(run_dir, device)
+    ids = encode_prompt(tokenizer, prompt, model.config.block_size)
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")  # tokens may split a character
+    pieces = []
+    for token in generate(model, ids, settings):
+        piece = decoder.decode(tokenizer.token_bytes(token))
+        pieces.append(piece)
+        if stream is not None and piece:
+            stream.write(piece)
+            stream.flush()
+    tail = decoder.decode(b"", final=True)
+    pieces.append(tail)
+    if stream is not None and tail:
+        stream.write(tail)
+    return "".join(pieces)

@@ -1,0 +1,73 @@
+"""Data parallelism under torchrun, layered on the single-process trainer.
+
+`torchrun --nproc_per_node=N -m groundup train …` sets RANK/WORLD_SIZE/LOCAL_RANK; the trainer then
+wraps the model in DistributedDataParallel: every rank draws its own windows (see BatchSampler),
+gradients are averaged across ranks in backward, and only rank 0 writes files. Backend: NCCL on
+CUDA, gloo on CPU.
+
+Models too big for one GPU need their weights sharded too (FSDP, `torch.distributed.fsdp.
+fully_shard`): each rank keeps 1/N of the parameters, gradients and optimizer state and gathers a
+layer's weights just before using it. See docs/distributed.md.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass
+class DistInfo:
+    rank: int = 0
+    local_rank: int = 0
+    world_size: int = 1
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(device: torch.device) -> tuple[DistInfo, torch.device]:
+    """Join the process group if launched by torchrun; returns this rank's info and device."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size <= 1:
+        return DistInfo(), device
+    info = DistInfo(int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0")), world_size)
+    if device.type == "cuda":
+        device = torch.device("cuda", info.local_rank)
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    return info, device
+
+
+def all_reduce_mean(value: torch.Tensor, info: DistInfo) -> torch.Tensor:
+    if info.enabled:
+        dist.all_reduce(value, op=dist.ReduceOp.SUM)
+        value = value / info.world_size
+    return value
+
+
+def barrier(info: DistInfo) -> None:
+    if info.enabled:
+        dist.barrier()
+
+
+def broadcast_object(obj, info: DistInfo):
+    if not info.enabled:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def shutdown(info: DistInfo) -> None:
+    if info.enabled and dist.is_initialized():
+        dist.destroy_process_group()

@@ -1,0 +1,304 @@
+"""The training loop (PyTorch engine).
+
+    for each step:
+        lr ← warmup + cosine schedule
+        for each micro-batch:  loss = CE(model(x), y) / accum;  loss.backward()   (chain rule)
+        clip the global gradient norm;  AdamW step;  zero the gradients
+        every log_interval: metrics.jsonl + progress bar (loss, lr, tokens/s, MFU)
+        every eval_interval: loss on fixed train and val batches
+        every checkpoint_interval: atomic checkpoint (weights, optimizer, RNG, sampler position)
+
+The same function runs one process on a CPU, a GPU, or N processes under torchrun (DDP).
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import math
+import signal
+import sys
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from groundup.config import RunConfig
+from groundup.data import BatchSampler, TokenData, prepare_cached
+from groundup.errors import CheckpointError, ConfigError
+from groundup.hardware import peak_flops
+from groundup.model import GPT
+from groundup.report.plots import plot_loss_curves
+from groundup.train import checkpoint as ckpt
+from groundup.train.distributed import DistInfo, all_reduce_mean, barrier, init_distributed, shutdown
+from groundup.train.optim import configure_adamw, load_optimizer_state_tensors, optimizer_state_tensors
+from groundup.train.schedule import lr_at
+from groundup.util.device import autocast, autocast_dtype, param_dtype, pick_device
+from groundup.util.metrics import MetricsLogger, read_metrics
+from groundup.util.progress import Progress
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    step: int
+    val_loss: float | None
+    train_loss: float | None
+    tokens_per_s: float
+    seconds: float
+    model: GPT
+    config: RunConfig
+    stopped_by: str  # "max_steps" | "time_budget" | "signal"
+
+
+def load_data(config: RunConfig) -> TokenData:
+    d = config.data
+    return prepare_cached(d.corpus, d.tokenizer, d.bpe_vocab_size, d.pattern, d.val_fraction, d.errors)
+
+
+def resolve_vocab(config: RunConfig, data: TokenData) -> RunConfig:
+    """Take the model's vocab_size from the tokenizer (or check a configured one is big enough)."""
+    vocab = data.tokenizer.vocab_size
+    if config.model.vocab_size == 0:
+        return replace(config, model=replace(config.model, vocab_size=vocab))
+    if config.model.vocab_size < vocab:
+        raise ConfigError(f"model.vocab_size {config.model.vocab_size} is smaller than the tokenizer's {vocab}; "
+                          "leave it at 0 to take it from the tokenizer")
+    return config
+
+
+def evaluate(model: GPT, batches: list[tuple[torch.Tensor, torch.Tensor]], amp, device) -> float:
+    """Mean cross-entropy over fixed batches (dropout off, no gradients)."""
+    was_training = model.training
+    model.eval()
+    total = 0.0
+    with torch.no_grad():
+        for x, y in batches:
+            with autocast(device, amp):
+                _, loss = model(x, y)
+            total += loss.item()
+    model.train(was_training)
+    return total / len(batches)
+
+
+def fixed_batches(tokens, config: RunConfig, seed: int, device, n: int):
+    sampler = BatchSampler(tokens, config.model.block_size, config.train.batch_size, seed=seed, split="val")
+    return [tuple(torch.from_numpy(a).to(device) for a in sampler.batch(k)) for k in range(n)]
+
+
+def rng_state() -> dict:
+    state = {"torch_cpu": base64.b64encode(torch.get_rng_state().numpy().tobytes()).decode()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["torch_cuda"] = base64.b64encode(torch.cuda.get_rng_state().numpy().tobytes()).decode()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    if "torch_cpu" in state:
+        torch.set_rng_state(torch.from_numpy(np.frombuffer(base64.b64decode(state["torch_cpu"]), dtype=np.uint8).copy()))
+    if "torch_cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(torch.from_numpy(np.frombuffer(base64.b64decode(state["torch_cuda"]), dtype=np.uint8).copy()))
+
+
+class _StopSignal:
+    """SIGINT/SIGTERM set a flag; the loop finishes its step, saves, and exits cleanly."""
+
+    def __init__(self):
+        self.received: str | None = None
+        self._old = {}
+
+    def __enter__(self):
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._old[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread
+                pass
+        return self
+
+    def _handle(self, signum, frame):
+        if self.received:  # a second Ctrl-C: stop now
+            raise KeyboardInterrupt
+        self.received = signal.Signals(signum).name
+
+    def __exit__(self, *exc):
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
+def train(config: RunConfig, run_dir: str | Path, resume: bool = False, progress: bool = True) -> TrainResult:
+    """Train (or resume) the run in `run_dir`. Returns the trained model and final losses."""
+    if config.train.engine == "numpy":
+        from groundup.engines.numpy.trainer import train as train_numpy
+
+        return train_numpy(config, run_dir, resume=resume, progress=progress)
+
+    run_dir = Path(run_dir)
+    t = config.train
+    if not resume and (run_dir / ckpt.STATE).exists():
+        raise CheckpointError(f"{run_dir} already holds a trained run; continue it with `groundup train --resume {run_dir}` "
+                              "or choose another --out")
+    info, device = init_distributed(pick_device(t.device))
+    try:
+        return _train(config, run_dir, resume, progress, info, device)
+    finally:
+        shutdown(info)
+
+
+def _train(config: RunConfig, run_dir: Path, resume: bool, progress: bool, info: DistInfo, device) -> TrainResult:
+    t = config.train
+    if t.threads:
+        torch.set_num_threads(t.threads)
+    if info.is_main:
+        data = load_data(config)  # rank 0 prepares (or reuses) the token files first
+    barrier(info)
+    if not info.is_main:
+        data = load_data(config)
+    config = resolve_vocab(config, data)
+    m = config.model
+    amp = autocast_dtype(device, t.dtype)
+
+    torch.manual_seed(t.seed)  # identical initial weights on every rank
+    model = GPT(m).to(device=device, dtype=param_dtype(t.dtype))
+    optimizer = configure_adamw(model, t, device)
+    sampler = BatchSampler(data.train, m.block_size, t.batch_size, seed=t.seed, rank=info.rank, world_size=info.world_size)
+    metrics = MetricsLogger(run_dir / "metrics.jsonl", enabled=info.is_main)
+
+    step, elapsed_before = 0, 0.0
+    if resume:
+        directory, state = ckpt.find_checkpoint(run_dir)
+        model.load_weights(ckpt.read_tensors(directory / ckpt.WEIGHTS), str(directory / ckpt.WEIGHTS))
+        load_optimizer_state_tensors(optimizer, model, ckpt.read_tensors(directory / ckpt.OPTIMIZER), state["optimizer_step"])
+        sampler.load_state_dict(state["sampler"])
+        step, elapsed_before = state["step"], state.get("elapsed_s", 0.0)
+        set_rng_state(state.get("rng", {}))
+        metrics.truncate_after(step)
+    if info.rank:
+        torch.manual_seed(t.seed + 1_000_003 * info.rank + step)  # each rank its own dropout masks
+    if info.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        ckpt.write_run_config(run_dir, config)
+        data.tokenizer.save(run_dir / ckpt.TOKENIZER)
+
+    train_model = model
+    if info.enabled:
+        from torch.nn.parallel import DistributedDataParallel
+
+        train_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    if t.compile:
+        train_model = torch.compile(train_model)
+
+    n_eval = t.eval_iters
+    val_batches = fixed_batches(data.val, config, t.seed + 1, device, n_eval)
+    train_eval_batches = fixed_batches(data.train, config, t.seed + 2, device, n_eval)
+    tokens_per_step = t.batch_size * m.block_size * t.grad_accum_steps * info.world_size
+    flops_per_token = model.flops_per_token()
+    peak = peak_flops(device)
+    peak_total = peak * info.world_size if peak else None
+
+    def save(step_done: int, elapsed: float) -> None:
+        if info.is_main:
+            opt_tensors, opt_step = optimizer_state_tensors(optimizer, model)
+            state = {"engine": "torch", "optimizer_step": opt_step, "sampler": sampler.state_dict(),
+                     "rng": rng_state(), "elapsed_s": elapsed, "tokens_seen": step_done * tokens_per_step}
+            ckpt.save_checkpoint(run_dir, step_done, model.weights(), opt_tensors, state, keep=t.keep_checkpoints)
+        barrier(info)
+
+    def run_eval(step_done: int) -> tuple[float, float]:
+        val, train_loss = evaluate(model, val_batches, amp, device), evaluate(model, train_eval_batches, amp, device)
+        metrics.log(step=step_done, train_loss=train_loss, val_loss=val, time_s=round(time.perf_counter() - t0 + elapsed_before, 3))
+        bar.write(f"step {step_done:>6}: train loss {train_loss:.4f}, val loss {val:.4f}")
+        return val, train_loss
+
+    if info.is_main and progress:
+        n = model.num_params()
+        print(f"model: {n / 1e6:.2f}M parameters ({model.num_params(non_embedding=True) / 1e6:.2f}M non-embedding), "
+              f"vocab {m.vocab_size}, context {m.block_size}; device {device}"
+              + (f" × {info.world_size} ranks" if info.enabled else "")
+              + (f", autocast {amp}" if amp else "") + f"; {tokens_per_step:,} tokens/step", flush=True)
+        if resume:
+            print(f"resuming {run_dir} from step {step}", flush=True)
+    bar = Progress(t.max_steps, initial=step, desc="train", enabled=progress and info.is_main)
+    t0 = time.perf_counter()
+    last_log_time, last_log_step = t0, step
+    val_loss = train_loss = None
+    last_eval_step = -1
+    stopped_by = "max_steps"
+    model.train()
+    with _StopSignal() as stop:
+        while step < t.max_steps:
+            lr = lr_at(step, t)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            loss_sum = torch.zeros((), device=device)
+            for micro in range(t.grad_accum_steps):
+                x, y = (torch.from_numpy(a).to(device, non_blocking=True) for a in sampler.next_batch())
+                last_micro = micro == t.grad_accum_steps - 1
+                sync = train_model.no_sync() if (info.enabled and not last_micro) else contextlib.nullcontext()
+                with sync:
+                    with autocast(device, amp):
+                        _, loss = train_model(x, y)
+                    (loss / t.grad_accum_steps).backward()
+                loss_sum += loss.detach()
+            if t.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+
+            if step % t.log_interval == 0 or step == t.max_steps:
+                loss_value = all_reduce_mean(loss_sum / t.grad_accum_steps, info).item()
+                now = time.perf_counter()
+                tokens_per_s = (step - last_log_step) * tokens_per_step / max(now - last_log_time, 1e-9)
+                last_log_time, last_log_step = now, step
+                fields = {"loss": loss_value, "lr": lr, "tok/s": tokens_per_s}
+                record = {"step": step, "loss": loss_value, "lr": lr, "tokens_per_s": round(tokens_per_s, 1),
+                          "time_s": round(now - t0 + elapsed_before, 3)}
+                if peak_total:
+                    record["mfu"] = fields["mfu"] = flops_per_token * tokens_per_s / peak_total
+                metrics.log(**record)
+                bar.update(step - bar.n, **fields)
+                if not math.isfinite(loss_value):
+                    bar.write(f"warning: loss is {loss_value} at step {step}")
+            else:
+                bar.update(step - bar.n)
+
+            if step % t.eval_interval == 0:
+                val_loss, train_loss = run_eval(step)
+                last_eval_step = step
+            if t.checkpoint_interval and step % t.checkpoint_interval == 0 and step < t.max_steps:
+                save(step, time.perf_counter() - t0 + elapsed_before)
+            if t.time_budget and _should_stop_for_time(time.perf_counter() - t0, t.time_budget, info, device):
+                stopped_by = "time_budget"
+                break
+            if stop.received:
+                stopped_by = "signal"
+                break
+    bar.close()
+
+    elapsed = time.perf_counter() - t0
+    if last_eval_step != step:
+        val_loss, train_loss = run_eval(step)
+    save(step, elapsed + elapsed_before)
+    if info.is_main:
+        plot_loss_curves(read_metrics(run_dir / "metrics.jsonl"), run_dir / "loss.png", title=f"{run_dir.name}: learning curves")
+        if progress:
+            why = {"max_steps": "reached max_steps", "time_budget": f"time budget of {t.time_budget:g} s used",
+                   "signal": f"stopped by {stop.received}"}[stopped_by]
+            print(f"done: step {step} ({why}) in {elapsed:.1f} s; val loss {val_loss:.4f}; wrote {run_dir}/", flush=True)
+            if stopped_by != "max_steps":
+                print(f"resume with: groundup train --resume {run_dir}", flush=True)
+    return TrainResult(run_dir, step, val_loss, train_loss,
+                       tokens_per_s=(step * tokens_per_step / (elapsed + elapsed_before)) if elapsed > 0 else 0.0,
+                       seconds=elapsed, model=model, config=config, stopped_by=stopped_by)
+
+
+def _should_stop_for_time(elapsed: float, budget: float, info: DistInfo, device) -> bool:
+    """Rank 0's clock decides for every rank, so all stop at the same step."""
+    flag = torch.tensor([1.0 if elapsed >= budget else 0.0], device=device)
+    if info.enabled:
+        import torch.distributed as dist
+
+        dist.broadcast(flag, src=0)
+    return bool(flag.item())

@@ -1,0 +1,81 @@
+"""Sampling: KV cache = no cache, determinism, greedy, top-k/top-p, cropping and bad settings."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from groundup.errors import GroundupError
+from groundup.sample import SamplingSettings, encode_prompt, generate, load_run, next_token_distribution, sample_text
+from groundup.train.trainer import train
+
+from conftest import assert_clean_error, run_cli
+from helpers import tiny_config
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("sample") / "run"
+    train(tiny_config("max_steps=30"), d, progress=False)
+    return d
+
+
+@pytest.mark.parametrize("positional", ["sinusoidal", "learned", "rope"])
+def test_cached_and_uncached_generation_agree(positional):
+    from groundup.config import ModelConfig
+    from groundup.model import GPT
+
+    torch.manual_seed(0)
+    model = GPT(ModelConfig(vocab_size=40, block_size=16, n_layer=2, n_head=2, n_embd=16, positional=positional)).double()
+    settings = SamplingSettings(max_new_tokens=40, temperature=1.0, seed=5)  # 40 > 16: the window slides
+    prompt = [1, 2, 3]
+    assert list(generate(model, prompt, settings, use_cache=True)) == list(generate(model, prompt, settings, use_cache=False))
+
+
+def test_same_seed_same_text_and_greedy_is_deterministic(run_dir):
+    s = SamplingSettings(max_new_tokens=50, temperature=0.9, top_k=20, seed=11)
+    a, b = sample_text(run_dir, "ROMEO:", s), sample_text(run_dir, "ROMEO:", s)
+    assert a == b and len(a) == 50
+    assert sample_text(run_dir, "ROMEO:", SamplingSettings(50, temperature=0.9, top_k=20, seed=12)) != a
+    g = SamplingSettings(max_new_tokens=30, temperature=0.0)
+    assert sample_text(run_dir, "A", g) == sample_text(run_dir, "A", g)
+
+
+def test_top_k_and_top_p_keep_the_right_tokens():
+    logits = torch.log(torch.tensor([0.5, 0.3, 0.15, 0.05]))
+    p = next_token_distribution(logits, SamplingSettings(temperature=1.0, top_k=2))
+    torch.testing.assert_close(p, torch.tensor([0.625, 0.375, 0.0, 0.0]))
+    p = next_token_distribution(logits, SamplingSettings(temperature=1.0, top_p=0.7))  # 0.5 + 0.3 ≥ 0.7
+    torch.testing.assert_close(p, torch.tensor([0.625, 0.375, 0.0, 0.0]))
+    p = next_token_distribution(logits, SamplingSettings(temperature=1.0, top_p=1.0))
+    torch.testing.assert_close(p, torch.tensor([0.5, 0.3, 0.15, 0.05]))
+
+
+def test_long_prompt_is_cropped_with_a_warning(run_dir):
+    model, tok, _ = load_run(run_dir)
+    warnings = []
+    ids = encode_prompt(tok, "ROMEO: " * 40, model.config.block_size, warn=warnings.append)
+    assert len(ids) == model.config.block_size and "keeping the last" in warnings[0]
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(temperature=-1), "temperature must be ≥ 0"),
+    (dict(top_p=0.0), "top-p must be in"),
+    (dict(top_p=1.5), "top-p must be in"),
+    (dict(top_k=0), "top-k must be ≥ 1"),
+    (dict(max_new_tokens=0), "max-new-tokens"),
+    (dict(max_new_tokens=10**9), "max-new-tokens"),
+])
+def test_bad_sampling_settings(kwargs, message):
+    with pytest.raises(GroundupError, match=message):
+        SamplingSettings(**kwargs)
+
+
+def test_cli_sample_streams_and_rejects_bad_settings(run_dir):
+    r = run_cli("sample", "--run", str(run_dir), "--prompt", "ROMEO:", "--max-new-tokens", "40", "--seed", "1",
+                "--top-k", "10", "--top-p", "0.95")
+    assert r.returncode == 0 and r.stdout.startswith("ROMEO:") and len(r.stdout) >= 46
+    assert_clean_error(run_cli("sample", "--run", str(run_dir), "--temperature", "-0.5"), "temperature")
+    assert_clean_error(run_cli("sample", "--run", str(run_dir), "--prompt", "ROMEO: €"), "not in this character-level vocabulary")
+    empty = run_cli("sample", "--run", str(run_dir), "--prompt", "", "--max-new-tokens", "10")
+    assert empty.returncode == 0

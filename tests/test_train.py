@@ -1,0 +1,105 @@
+"""Training: it learns, it resumes exactly, it writes a complete run directory, it refuses bad input."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from groundup.errors import CheckpointError
+from groundup.train import checkpoint as ckpt
+from groundup.train.schedule import learning_rate
+from groundup.train.trainer import train
+from groundup.util.metrics import read_metrics
+
+from conftest import assert_clean_error, run_cli
+from helpers import TINY, tiny_config
+
+
+def test_schedule_warms_up_then_decays_by_cosine():
+    lrs = [learning_rate(s, 1e-3, 1e-4, 10, 100) for s in range(120)]
+    assert lrs[0] == pytest.approx(1e-4) and lrs[9] == pytest.approx(1e-3)
+    assert lrs[55] == pytest.approx(1e-4 + 0.5 * (1e-3 - 1e-4), rel=1e-9)  # halfway through the cosine
+    assert lrs[100] == lrs[119] == 1e-4
+    assert all(a >= b for a, b in zip(lrs[9:], lrs[10:]))
+
+
+def test_training_writes_a_complete_run_directory_and_learns(tmp_path):
+    result = train(tiny_config("max_steps=60", "eval_interval=30", "learning_rate=3e-3"), tmp_path / "run", progress=False)
+    run = tmp_path / "run"
+    for name in ["config.json", "tokenizer.json", "model.safetensors", "optimizer.safetensors", "state.json",
+                 "metrics.jsonl", "loss.png"]:
+        assert (run / name).exists(), name
+    records = read_metrics(run / "metrics.jsonl")
+    evals = [r for r in records if "val_loss" in r]
+    assert [r["step"] for r in evals] == [30, 60]
+    first = next(r["loss"] for r in records if "loss" in r)
+    assert evals[-1]["val_loss"] < 3.5 < first  # from ≈ ln(76) = 4.33 (uniform) to below 3.5
+    assert all(r["tokens_per_s"] > 0 for r in records if "loss" in r)
+    state = json.loads((run / "state.json").read_text())
+    assert state["step"] == 60 and state["sampler"]["position"] == 60 and "torch_cpu" in state["rng"]
+    assert result.val_loss == evals[-1]["val_loss"]
+
+
+def test_resume_continues_the_same_loss_curve_bit_for_bit(tmp_path):
+    """20 steps straight vs. 10 steps, stop, resume to 20: same batches, same RNG, same weights."""
+    # lr_decay_steps is fixed, so stopping at 10 doesn't change the schedule (as for a killed run).
+    straight = train(tiny_config("dropout=0.1", "lr_decay_steps=20"), tmp_path / "a", progress=False)
+    train(tiny_config("dropout=0.1", "lr_decay_steps=20", "max_steps=10"), tmp_path / "b", progress=False)
+    config = ckpt.read_run_config(tmp_path / "b").replace(max_steps=20)
+    resumed = train(config, tmp_path / "b", resume=True, progress=False)
+    losses = lambda d: [(r["step"], r["loss"]) for r in read_metrics(d / "metrics.jsonl") if "loss" in r]
+    assert losses(tmp_path / "a") == losses(tmp_path / "b")
+    for name, tensor in straight.model.weights().items():
+        assert torch.equal(tensor, resumed.model.weights()[name]), name
+
+
+def test_checkpoints_keep_the_last_k(tmp_path):
+    train(tiny_config("max_steps=40", "checkpoint_interval=5", "keep_checkpoints=2"), tmp_path / "r", progress=False)
+    names = [p.name for p in ckpt.list_checkpoints(tmp_path / "r")]
+    assert names == ["step_00000040", "step_00000035"]
+
+
+def test_refuses_to_overwrite_a_run(tmp_path):
+    train(tiny_config("max_steps=2"), tmp_path / "r", progress=False)
+    with pytest.raises(CheckpointError, match="--resume"):
+        train(tiny_config("max_steps=2"), tmp_path / "r", progress=False)
+
+
+def test_checkpoint_whose_shapes_do_not_match_its_config_is_a_clear_error(tmp_path):
+    train(tiny_config("max_steps=2"), tmp_path / "r", progress=False)
+    cfg = json.loads((tmp_path / "r" / "config.json").read_text())
+    cfg["model"]["n_embd"] = 64
+    (tmp_path / "r" / "config.json").write_text(json.dumps(cfg))
+    r = run_cli("sample", "--run", str(tmp_path / "r"), "--prompt", "A", "--max-new-tokens", "5")
+    assert_clean_error(r, "token_embedding.weight", "has shape", "does not match its config")
+
+
+def test_corrupt_latest_checkpoint_falls_back_to_the_previous_good_one(tmp_path):
+    train(tiny_config("max_steps=20", "checkpoint_interval=10"), tmp_path / "r", progress=False)
+    newest = ckpt.list_checkpoints(tmp_path / "r")[0]
+    (tmp_path / "r" / "model.safetensors").unlink()
+    data = (newest / "model.safetensors").read_bytes()
+    (newest / "model.safetensors").write_bytes(data[: len(data) // 2])
+    warnings = []
+    directory, state = ckpt.find_checkpoint(tmp_path / "r", warn=warnings.append)
+    assert directory.name == "step_00000010" and state["step"] == 10
+    assert any("step_00000020" in w and "checksum" in w for w in warnings)
+
+
+def test_cli_train_errors_are_clean(tmp_path):
+    assert_clean_error(run_cli("train", "--config", str(tmp_path / "none.toml"), "--out", str(tmp_path / "r")), "does not exist")
+    assert_clean_error(run_cli("train", "--set", "max_stpes=3", "--out", str(tmp_path / "r")), "did you mean max_steps")
+    assert_clean_error(run_cli("train", "--resume", str(tmp_path / "missing")), "does not exist")
+    assert_clean_error(run_cli("train"), "--out")
+    assert_clean_error(run_cli("sample", "--run", str(tmp_path / "missing")), "does not exist")
+
+
+def test_python_m_groundup_trains_with_time_budget(tmp_path):
+    r = run_cli("train", *[a for s in TINY for a in ("--set", s)], "--set", "max_steps=100000",
+                "--time-budget", "3", "--out", str(tmp_path / "r"))
+    assert r.returncode == 0, r.stderr
+    assert "time budget" in r.stdout and "resume with" in r.stdout
+    state = json.loads((tmp_path / "r" / "state.json").read_text())
+    assert 0 < state["step"] < 100000
