@@ -141,6 +141,34 @@ def cmd_demo(args) -> int:
     return 0
 
 
+# ---- labs and the cost calculator ---------------------------------------------------------------
+# Each lab lives in its own module with `add_arguments(parser)` and `run(args) -> int`; the CLI only
+# registers it here (imported lazily, so `groundup --help` stays fast).
+LABS = {
+    "memory": ("groundup.labs.memory", "frozen weights, in-context learning, forgetting, LoRA, targeted edits"),
+    "scaling": ("groundup.labs.scaling", "train a grid of models and fit loss = a·C^-α"),
+    "attention-cost": ("groundup.labs.attention_cost", "time and memory of attention against sequence length"),
+}
+
+
+def _run_module(args) -> int:
+    return int(args.module.run(args) or 0)
+
+
+def _add_module_command(sub, name: str, module_name: str, helptext: str) -> None:
+    import importlib
+
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as e:
+        if e.name != module_name:
+            raise
+        return  # not built yet
+    p = sub.add_parser(name, help=helptext, description=(module.__doc__ or helptext).strip().split("\n\n")[0])
+    module.add_arguments(p)
+    p.set_defaults(func=_run_module, module=module)
+
+
 # ---- the parser -----------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="groundup", description="Language models from first principles.")
@@ -208,6 +236,12 @@ def build_parser() -> argparse.ArgumentParser:
     de.add_argument("--new-tokens", type=int, default=300)
     de.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config field")
     de.set_defaults(func=cmd_demo)
+
+    lab = sub.add_parser("lab", help="experiments that turn claims about LLMs into measurements")
+    lab_sub = lab.add_subparsers(dest="lab", metavar="LAB", required=True)
+    for name, (module_name, helptext) in LABS.items():
+        _add_module_command(lab_sub, name, module_name, helptext)
+    _add_module_command(sub, "cost", "groundup.labs.cost", "training FLOPs, memory, GPU-hours, dollars and energy")
 
     return parser
 

@@ -1,0 +1,1 @@
+"""Plots (plots.py) and Markdown reports (markdown.py), in one style."""
