@@ -38,7 +38,9 @@ class ModelConfig:
     n_embd: int = 128  # model width C; each head has d_k = C / n_head
     ffn_mult: int = 4  # feed-forward hidden width = ffn_mult · C
     activation: str = "gelu"  # relu | gelu (tanh approximation, as GPT-2)
-    positional: str = "sinusoidal"  # sinusoidal (Vaswani et al. 2017) | learned (GPT-2) | rope (RoFormer)
+    # sinusoidal (Vaswani et al. 2017) | learned (GPT-2) | rope (RoFormer). Default rope: on the classic
+    # char recipe it reached val 1.775 at 2000 steps vs 1.931 sinusoidal, 1.895 learned (see configs/).
+    positional: str = "rope"
     norm: str = "pre"  # pre (GPT-2: x + f(LN(x))) | post (2017: LN(x + f(x)))
     bias: bool = True  # biases in linear layers and layer norms
     dropout: float = 0.0

@@ -68,6 +68,21 @@ def broadcast_object(obj, info: DistInfo):
     return box[0]
 
 
+def weights_in_sync(tensors: dict[str, torch.Tensor], info: DistInfo) -> bool:
+    """True when every rank holds bit-identical weights (compares a SHA-256 of each rank's bytes)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        digest.update(tensors[name].detach().cpu().contiguous().numpy().tobytes())
+    if not info.enabled:
+        return True
+    mine = digest.hexdigest()
+    everyone = [None] * info.world_size
+    dist.all_gather_object(everyone, mine)
+    return all(d == mine for d in everyone)
+
+
 def shutdown(info: DistInfo) -> None:
     if info.enabled and dist.is_initialized():
         dist.destroy_process_group()

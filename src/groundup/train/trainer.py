@@ -32,7 +32,7 @@ from groundup.hardware import peak_flops
 from groundup.model import GPT
 from groundup.report.plots import plot_loss_curves
 from groundup.train import checkpoint as ckpt
-from groundup.train.distributed import DistInfo, all_reduce_mean, barrier, init_distributed, shutdown
+from groundup.train.distributed import DistInfo, all_reduce_mean, barrier, init_distributed, shutdown, weights_in_sync
 from groundup.train.optim import configure_adamw, load_optimizer_state_tensors, optimizer_state_tensors
 from groundup.train.schedule import lr_at
 from groundup.util.device import autocast, autocast_dtype, param_dtype, pick_device
@@ -278,6 +278,11 @@ def _train(config: RunConfig, run_dir: Path, resume: bool, progress: bool, info:
     bar.close()
 
     elapsed = time.perf_counter() - t0
+    if info.enabled:
+        in_sync = weights_in_sync(model.weights(), info)
+        if info.is_main and progress:
+            print(f"ranks in sync: weights identical on all {info.world_size} ranks" if in_sync else
+                  f"warning: weights differ between the {info.world_size} ranks", flush=True)
     if last_eval_step != step:
         val_loss, train_loss = run_eval(step)
     save(step, elapsed + elapsed_before)
