@@ -103,3 +103,34 @@ def test_python_m_groundup_trains_with_time_budget(tmp_path):
     assert "time budget" in r.stdout and "resume with" in r.stdout
     state = json.loads((tmp_path / "r" / "state.json").read_text())
     assert 0 < state["step"] < 100000
+
+
+def test_gradient_accumulation_equals_one_big_batch(tmp_path):
+    """2 micro-batches of 4 accumulate exactly the gradient of one batch of 8 (same windows)."""
+    from groundup.data import BatchSampler
+    from groundup.model import GPT
+    from groundup.train.optim import configure_adamw
+    from groundup.train.schedule import lr_at
+    from groundup.train.trainer import load_data
+
+    config = tiny_config("max_steps=1", "batch_size=4", "grad_accum_steps=2", "dtype=float64", "grad_clip=0")
+    accumulated = train(config, tmp_path / "acc", progress=False).model
+
+    data = load_data(config)
+    c = ckpt.read_run_config(tmp_path / "acc")
+    torch.manual_seed(c.train.seed)
+    reference = GPT(c.model).double()
+    sampler = BatchSampler(data.train, c.model.block_size, 4, seed=c.train.seed)
+    x, y = (torch.from_numpy(__import__("numpy").concatenate(a)) for a in zip(sampler.batch(0), sampler.batch(1)))
+    optimizer = configure_adamw(reference, c.train, torch.device("cpu"))
+    for group in optimizer.param_groups:
+        group["lr"] = lr_at(0, c.train)
+    reference(x, y)[1].backward()
+    grads = {n: p.grad.clone() for n, p in reference.named_parameters()}
+    optimizer.step()
+    # Adam is blind to the gradient's scale, so compare the first moment too: m₁ = (1 − β₁)·g.
+    moments = ckpt.read_tensors(tmp_path / "acc" / "optimizer.safetensors")
+    for name, g in grads.items():
+        torch.testing.assert_close(moments[f"exp_avg.{name}"], (1 - c.train.beta1) * g, rtol=1e-9, atol=1e-14, msg=name)
+    for name, tensor in reference.weights().items():
+        torch.testing.assert_close(accumulated.weights()[name], tensor, rtol=1e-10, atol=1e-12, msg=name)
