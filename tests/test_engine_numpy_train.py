@@ -107,8 +107,10 @@ def logged_losses(run_dir) -> list[tuple[int, float]]:
     return [(r["step"], r["loss"]) for r in read_metrics(run_dir / "metrics.jsonl") if "loss" in r]
 
 
-def test_first_20_steps_match_the_pytorch_engine_in_float64(tmp_path):
-    config = tiny_config("engine=numpy", "dtype=float64", "log_interval=1", "checkpoint_interval=0", "eval_interval=20")
+@pytest.mark.parametrize("variant", [(), ("positional=rope", "norm=post", "tie_embeddings=false", "grad_clip=1.5")],
+                         ids=["sinusoidal-pre-norm-tied", "rope-post-norm-untied"])
+def test_first_20_steps_match_the_pytorch_engine_in_float64(tmp_path, variant):
+    config = tiny_config("engine=numpy", "dtype=float64", "log_interval=1", "checkpoint_interval=0", "eval_interval=20", *variant)
     result = train(config, tmp_path / "numpy", progress=False)
     reference_losses, norms, reference = torch_reference(config, 20)
     assert any(n > config.train.grad_clip for n in norms) and any(n < config.train.grad_clip for n in norms), \

@@ -76,9 +76,9 @@ class Embedding:
 
 
 def scatter_add_rows(target: np.ndarray, ids: np.ndarray, rows: np.ndarray) -> None:
-    """target[ids[n]] += rows[n] for every n, repeated ids summed — what np.add.at(target, ids, rows)
-    does, done by sorting instead (several times faster): group the rows of each id together, sum
-    each group with one reduceat, add each sum to its row of `target` once."""
+    """target[ids[n]] += rows[n] for every n, repeated ids summed: what np.add.at(target, ids, rows)
+    does, done by sorting instead (about 4× faster at a 76-token vocabulary). Sort so the rows of
+    each id sit together, sum each group with one reduceat, add each sum to its row once."""
     order = np.argsort(ids, kind="stable")
     sorted_ids = ids[order]
     starts = np.flatnonzero(np.r_[True, sorted_ids[1:] != sorted_ids[:-1]])  # where each id's group begins
