@@ -44,7 +44,7 @@ class SGD:
 
     def step(self, lr: float) -> None:
         for p, v, wd in zip(self.params, self.velocity, self.weight_decay):
-            g = p.grad + wd * p.data if np.any(wd) else p.grad
+            g = p.grad + wd * p.data if np.any(wd) else p.grad  # g ← g + λ p
             if self.momentum:
                 v *= self.momentum
                 v += g
@@ -69,6 +69,7 @@ class Adam:
         self.beta1, self.beta2 = betas
         self.eps = eps
         self.weight_decay = _per_parameter(weight_decay, self.params)
+        self.decays = [bool(np.any(wd)) for wd in self.weight_decay]
         self.decoupled = decoupled
         self.exp_avg = [np.zeros_like(p.data) for p in self.params]  # m
         self.exp_avg_sq = [np.zeros_like(p.data) for p in self.params]  # v
@@ -78,9 +79,9 @@ class Adam:
         self.step_count += 1
         t, beta1, beta2 = self.step_count, self.beta1, self.beta2
         bias_correction1, bias_correction2 = 1.0 - beta1 ** t, 1.0 - beta2 ** t
-        for p, m, v, wd in zip(self.params, self.exp_avg, self.exp_avg_sq, self.weight_decay):
+        for p, m, v, wd, decays in zip(self.params, self.exp_avg, self.exp_avg_sq, self.weight_decay, self.decays):
             g = p.grad
-            if np.any(wd):
+            if decays:
                 if self.decoupled:
                     p.data *= 1.0 - lr * wd  # p ← p − lr·λ·p
                 else:

@@ -10,6 +10,9 @@ Everything around the math is the PyTorch engine's: the same config, data and ba
 (BatchSampler), the same initial weights for the same seed (GPT-2 init drawn by torch's RNG), the
 same weight-decay grouping, checkpoint files, state.json keys, metrics and plots. So a run of one
 engine can be sampled, or resumed, by the other.
+
+Not implemented here (refused by name): dropout, bfloat16/float16, GPUs, torch.compile, torchrun.
+train.threads sets torch's threads only; NumPy's matmuls use as many as OPENBLAS_NUM_THREADS allows.
 """
 
 from __future__ import annotations
@@ -71,7 +74,7 @@ def decay_mask(model: GPT, weight_decay: float) -> np.ndarray:
     mask = np.zeros_like(model.flat.data)
     views = model.by_name(mask)
     for name, shape in model.shapes.items():
-        if decays(name, torch.empty(shape, device="meta")):
+        if decays(name, torch.empty(shape, device="meta")):  # decays() reads the rank; a meta tensor has no memory
             views[name][...] = weight_decay
     return mask
 
