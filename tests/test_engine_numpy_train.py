@@ -5,6 +5,7 @@ between the engines and the CLI."""
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -142,12 +143,17 @@ def test_resume_continues_the_same_loss_curve_bit_for_bit(tmp_path):
 def test_a_pytorch_engine_checkpoint_resumes_in_the_numpy_engine(tmp_path):
     """Weights, Adam moments, step count and sampler position carry over: the numpy engine continues
     the torch engine's curve (float32, so to float32 accuracy)."""
-    torch_run = train(tiny_config("lr_decay_steps=20"), tmp_path / "torch", progress=False)
-    train(tiny_config("lr_decay_steps=20", "max_steps=10"), tmp_path / "mixed", progress=False)
-    config = ckpt.read_run_config(tmp_path / "mixed").replace(max_steps=20, engine="numpy")
+    torch_run = train(tiny_config(), tmp_path / "torch", progress=False)  # checkpoints at steps 10 and 20
+    # the same run as it stood at step 10: its step-10 checkpoint only
+    shutil.copytree(tmp_path / "torch", tmp_path / "mixed")
+    shutil.rmtree(tmp_path / "mixed" / ckpt.CHECKPOINTS / "step_00000020")
+    for name in (ckpt.STATE, ckpt.WEIGHTS, ckpt.OPTIMIZER):
+        (tmp_path / "mixed" / name).unlink()
+    config = ckpt.read_run_config(tmp_path / "mixed").replace(engine="numpy")
     mixed = train(config, tmp_path / "mixed", resume=True, progress=False)
     expected, got = dict(logged_losses(tmp_path / "torch")), dict(logged_losses(tmp_path / "mixed"))
     assert sorted(got) == sorted(expected) == [5, 10, 15, 20]
+    assert got[10] == expected[10]  # the torch engine's own steps, kept
     for step in (15, 20):
         assert got[step] == pytest.approx(expected[step], rel=1e-4)
     assert json.loads((tmp_path / "mixed" / "state.json").read_text())["engine"] == "numpy"
