@@ -82,7 +82,9 @@ class GPT(nn.Module):
         loss = None
         if targets is not None:
             # Cross-entropy = −log softmax(logits)[target], averaged over every position.
-            loss = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), targets.reshape(-1))
+            # (in at least fp32: under bf16 autocast the logits arrive in bf16; fp64 stays fp64)
+            logits_for_loss = logits if logits.dtype in (torch.float32, torch.float64) else logits.float()
+            loss = F.cross_entropy(logits_for_loss.view(-1, logits.size(-1)), targets.reshape(-1))
         return logits, loss
 
     # ---- what the labs need ---------------------------------------------------------------

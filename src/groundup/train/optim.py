@@ -14,9 +14,9 @@ import torch
 from torch import nn
 
 
-def decays(name: str, param: torch.Tensor) -> bool:
-    """True for the weight matrices that get weight decay."""
-    return param.dim() == 2 and "embedding" not in name
+def decays(name: str, ndim: int) -> bool:
+    """True for the weight matrices (ndim 2, not embeddings) that get weight decay."""
+    return ndim == 2 and "embedding" not in name
 
 
 def named_parameters(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
@@ -28,8 +28,8 @@ def configure_adamw(model: nn.Module, train_config, device: torch.device) -> tor
     t = train_config
     params = named_parameters(model)
     groups = [
-        {"params": [p for n, p in params if decays(n, p)], "weight_decay": t.weight_decay},
-        {"params": [p for n, p in params if not decays(n, p)], "weight_decay": 0.0},
+        {"params": [p for n, p in params if decays(n, p.dim())], "weight_decay": t.weight_decay},
+        {"params": [p for n, p in params if not decays(n, p.dim())], "weight_decay": 0.0},
     ]
     kwargs = dict(lr=t.learning_rate, betas=(t.beta1, t.beta2), eps=t.eps)
     # Fused AdamW (one kernel for every parameter) where the device has it: CUDA, and CPU since torch 2.4.
