@@ -267,9 +267,13 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return 0
-    except OSError as e:  # the environment, not a bug: disk full, read-only directory, permissions
-        where = f" ({e.filename})" if e.filename else ""
-        print(f"error: {e.strerror or e}{where}; check free space and permissions", file=sys.stderr)
+    except OSError as e:  # the environment: disk full, read-only directory, no permission
+        import errno
+
+        where = f": {e.filename}" if e.filename else ""
+        hint = {errno.ENOSPC: "; free some disk space", errno.EROFS: "; the file system is read-only, write elsewhere",
+                errno.EACCES: "; check the permissions", errno.EDQUOT: "; disk quota exceeded, free some space"}
+        print(f"error: {e.strerror or e}{where}{hint.get(e.errno, '')}", file=sys.stderr)
         return EXIT_USAGE
 
 
