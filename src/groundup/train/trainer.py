@@ -1,14 +1,18 @@
 """The training loop (PyTorch engine).
 
     for each step:
-        lr ← warmup + cosine schedule
+        lr ← warmup + cosine schedule (× lr_scale, lowered by each rollback)
         for each micro-batch:  loss = CE(model(x), y) / accum;  loss.backward()   (chain rule)
+        guard (guards.py): loss or ‖g‖ non-finite → skip the update; repeated NaNs, a spike or
+            divergence → roll back to the last good checkpoint; too many rollbacks → stop
         clip the global gradient norm;  AdamW step;  zero the gradients
         every log_interval: metrics.jsonl + progress bar (loss, lr, tokens/s, MFU)
         every eval_interval: loss on fixed train and val batches
         every checkpoint_interval: atomic checkpoint (weights, optimizer, RNG, sampler position)
 
 The same function runs one process on a CPU, a GPU, or N processes under torchrun (DDP).
+SIGINT/SIGTERM finish the step, save and exit cleanly; after any crash `--resume` continues from
+the last good checkpoint (see docs/fault-tolerance.md).
 """
 
 from __future__ import annotations
@@ -32,9 +36,9 @@ from groundup.hardware import peak_flops
 from groundup.model import GPT
 from groundup.report.plots import plot_loss_curves
 from groundup.train import checkpoint as ckpt
-from groundup.train.guards import FaultInjector, Guard, parse_faults
 from groundup.train.distributed import DistInfo, all_reduce_mean, barrier, init_distributed, shutdown, weights_in_sync
-from groundup.train.optim import configure_adamw, named_parameters, load_optimizer_state_tensors, optimizer_state_tensors
+from groundup.train.guards import FaultInjector, Guard, parse_faults
+from groundup.train.optim import configure_adamw, load_optimizer_state_tensors, named_parameters, optimizer_state_tensors
 from groundup.train.schedule import lr_at
 from groundup.util.device import autocast, autocast_dtype, param_dtype, pick_device
 from groundup.util.metrics import MetricsLogger, read_metrics
