@@ -4,9 +4,11 @@ exception (which the CLI would show as a traceback)."""
 
 from __future__ import annotations
 
+import atexit
 import io
 import json
 import math
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -21,7 +23,8 @@ from groundup.tokenizer import CharTokenizer, from_dict, load_tokenizer
 from groundup.train import checkpoint as ckpt
 
 FUZZ = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-SCRATCH = Path(tempfile.mkdtemp(prefix="groundup-fuzz-"))
+SCRATCH = Path(tempfile.mkdtemp(prefix="groundup-fuzz-"))  # hypothesis reruns a test many times: one scratch dir
+atexit.register(shutil.rmtree, SCRATCH, True)
 
 
 @pytest.fixture(scope="module")
