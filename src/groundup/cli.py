@@ -10,6 +10,9 @@ import time
 
 from groundup.errors import GroundupError
 
+EXIT_USAGE = 2  # a problem the user can fix: bad input, missing file, full disk (message on stderr)
+EXIT_DIVERGED = 3  # training diverged and stopped after max_rollbacks (report on stderr)
+
 
 # ---- tokenizer ------------------------------------------------------------------------------
 def cmd_tokenizer_train(args) -> int:
@@ -95,6 +98,7 @@ def cmd_data_prepare(args) -> int:
 def cmd_train(args) -> int:
     from groundup.config import load_config
     from groundup.train.checkpoint import read_run_config
+    from groundup.train.guards import parse_faults
     from groundup.train.trainer import train
 
     overrides = list(args.set or [])
@@ -108,19 +112,20 @@ def cmd_train(args) -> int:
         overrides.append("compile=true")
     if args.device is not None:
         overrides.append(f"device={args.device}")
+    faults = parse_faults(args.inject)
     if args.resume:
         if args.config:
             raise GroundupError("--resume continues a run with its own config.json; drop --config (use --set to change train settings)")
         from groundup.config import parse_override
 
         config = read_run_config(args.resume).replace(**dict(parse_override(o) for o in overrides))
-        train(config, args.resume, resume=True)
-        return 0
-    if not args.out:
-        raise GroundupError("say where the run goes: --out runs/NAME (or --resume runs/NAME to continue one)")
-    config = load_config(args.config, overrides)
-    train(config, args.out)
-    return 0
+        result = train(config, args.resume, resume=True, faults=faults)
+    else:
+        if not args.out:
+            raise GroundupError("say where the run goes: --out runs/NAME (or --resume runs/NAME to continue one)")
+        config = load_config(args.config, overrides)
+        result = train(config, args.out, faults=faults)
+    return EXIT_DIVERGED if result.stopped_by == "diverged" else 0  # the trainer printed the report
 
 
 # ---- sample, demo -----------------------------------------------------------------------------
@@ -216,6 +221,9 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--engine", choices=["torch", "numpy"], help="same as --set engine=…")
     tr.add_argument("--device", help="auto, cpu, cuda, cuda:N, mps")
     tr.add_argument("--compile", action="store_true", help="torch.compile the model")
+    tr.add_argument("--inject", action="append", metavar="FAULT@STEP",
+                    help="testing: inject a fault (repeatable): nan@STEP, inf@STEP, spike@STEP, kill@STEP, "
+                         "kill@STEP:write|rename|publish|prune (SIGKILL mid-checkpoint); see docs/fault-tolerance.md")
     tr.set_defaults(func=cmd_train)
 
     sa = sub.add_parser("sample", help="generate text from a trained run (streams as it goes)")
@@ -253,12 +261,20 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except GroundupError as e:
         print(f"error: {e}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:
         return 0
+    except OSError as e:  # the environment: disk full, read-only directory, no permission
+        import errno
+
+        where = f": {e.filename}" if e.filename else ""
+        hint = {errno.ENOSPC: "; free some disk space", errno.EROFS: "; the file system is read-only, write elsewhere",
+                errno.EACCES: "; check the permissions", errno.EDQUOT: "; disk quota exceeded, free some space"}
+        print(f"error: {e.strerror or e}{where}{hint.get(e.errno, '')}", file=sys.stderr)
+        return EXIT_USAGE
 
 
 if __name__ == "__main__":

@@ -113,6 +113,11 @@ class TrainConfig:
     dtype: str = "auto"  # auto (bf16 autocast on CUDA, else fp32) | float32 | bfloat16 | float64
     compile: bool = False  # torch.compile the model
     threads: int = 0  # CPU threads for torch; 0 = torch's default
+    # guards (see groundup/train/guards.py): a non-finite step is always skipped
+    max_bad_steps: int = 3  # this many non-finite steps in a row → roll back to the last good checkpoint
+    spike_factor: float = 3.0  # loss > spike_factor × its recent average → roll back; 0 = off
+    max_rollbacks: int = 3  # then stop with a report
+    lr_backoff: float = 0.5  # each rollback multiplies the learning rate by this
 
     def __post_init__(self):
         _check(self.engine in ("torch", "numpy"), f"train.engine must be 'torch' or 'numpy', got {self.engine!r}")
@@ -125,6 +130,11 @@ class TrainConfig:
         _check(self.min_lr <= self.learning_rate, f"train.min_lr ({self.min_lr}) must not exceed train.learning_rate ({self.learning_rate})")
         for name in ("beta1", "beta2"):
             _check(0.0 <= getattr(self, name) < 1.0, f"train.{name} must be in [0, 1), got {getattr(self, name)}")
+        _check(self.max_bad_steps >= 1, f"train.max_bad_steps must be ≥ 1, got {self.max_bad_steps}")
+        _check(self.max_rollbacks >= 0, f"train.max_rollbacks must be ≥ 0, got {self.max_rollbacks}")
+        _check(self.spike_factor == 0 or self.spike_factor > 1,
+               f"train.spike_factor must be > 1 (or 0 to turn spike detection off), got {self.spike_factor}")
+        _check(0 < self.lr_backoff <= 1, f"train.lr_backoff must be in (0, 1], got {self.lr_backoff}")
         _check(self.dtype in ("auto", "float32", "bfloat16", "float16", "float64"),
                f"train.dtype must be auto, float32, bfloat16, float16 or float64, got {self.dtype!r}")
 

@@ -44,7 +44,7 @@ def from_dict(d: dict) -> Tokenizer:
         return _KINDS[kind].from_dict(d)
     except TokenizerError:
         raise
-    except (TypeError, ValueError, KeyError) as e:
+    except (TypeError, ValueError, KeyError, AttributeError) as e:  # a field of the wrong JSON type
         raise TokenizerError(f"tokenizer file is corrupt ({type(e).__name__}: {e})") from None
 
 

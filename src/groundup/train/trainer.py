@@ -1,14 +1,18 @@
 """The training loop (PyTorch engine).
 
     for each step:
-        lr ← warmup + cosine schedule
+        lr ← warmup + cosine schedule (× lr_scale, lowered by each rollback)
         for each micro-batch:  loss = CE(model(x), y) / accum;  loss.backward()   (chain rule)
+        guard (guards.py): loss or ‖g‖ non-finite → skip the update; repeated NaNs, a spike or
+            divergence → roll back to the last good checkpoint; too many rollbacks → stop
         clip the global gradient norm;  AdamW step;  zero the gradients
         every log_interval: metrics.jsonl + progress bar (loss, lr, tokens/s, MFU)
         every eval_interval: loss on fixed train and val batches
         every checkpoint_interval: atomic checkpoint (weights, optimizer, RNG, sampler position)
 
 The same function runs one process on a CPU, a GPU, or N processes under torchrun (DDP).
+SIGINT/SIGTERM finish the step, save and exit cleanly; after any crash `--resume` continues from
+the last good checkpoint (see docs/fault-tolerance.md).
 """
 
 from __future__ import annotations
@@ -33,7 +37,8 @@ from groundup.model import GPT
 from groundup.report.plots import plot_loss_curves
 from groundup.train import checkpoint as ckpt
 from groundup.train.distributed import DistInfo, all_reduce_mean, barrier, init_distributed, shutdown, weights_in_sync
-from groundup.train.optim import configure_adamw, load_optimizer_state_tensors, optimizer_state_tensors
+from groundup.train.guards import FaultInjector, Guard, parse_faults
+from groundup.train.optim import configure_adamw, load_optimizer_state_tensors, named_parameters, optimizer_state_tensors
 from groundup.train.schedule import lr_at
 from groundup.util.device import autocast, autocast_dtype, param_dtype, pick_device
 from groundup.util.metrics import MetricsLogger, read_metrics
@@ -50,7 +55,9 @@ class TrainResult:
     seconds: float
     model: GPT
     config: RunConfig
-    stopped_by: str  # "max_steps" | "time_budget" | "signal"
+    stopped_by: str  # "max_steps" | "time_budget" | "signal" | "diverged"
+    report: str | None = None  # why training stopped, when it diverged
+    rollbacks: int = 0  # rollbacks to the last good checkpoint (over the run's whole life)
 
 
 def load_data(config: RunConfig) -> TokenData:
@@ -127,9 +134,16 @@ class _StopSignal:
             signal.signal(sig, old)
 
 
-def train(config: RunConfig, run_dir: str | Path, resume: bool = False, progress: bool = True) -> TrainResult:
-    """Train (or resume) the run in `run_dir`. Returns the trained model and final losses."""
+def train(config: RunConfig, run_dir: str | Path, resume: bool = False, progress: bool = True,
+          faults=()) -> TrainResult:
+    """Train (or resume) the run in `run_dir`. Returns the trained model and final losses.
+
+    `faults`: fault injections for tests, e.g. ["nan@12", "spike@20"] (see groundup.train.guards);
+    never saved in the run directory."""
+    faults = parse_faults(faults)
     if config.train.engine == "numpy":
+        if faults:
+            raise ConfigError("--inject (fault injection) works with the torch engine only")
         from groundup.engines.numpy.trainer import train as train_numpy
 
         return train_numpy(config, run_dir, resume=resume, progress=progress)
@@ -141,15 +155,30 @@ def train(config: RunConfig, run_dir: str | Path, resume: bool = False, progress
                               "or choose another --out")
     info, device = init_distributed(pick_device(t.device))
     try:
-        return _train(config, run_dir, resume, progress, info, device)
+        with _StopSignal() as stop:
+            return _train(config, run_dir, resume, progress, info, device, faults, stop)
     finally:
         shutdown(info)
 
 
-def _train(config: RunConfig, run_dir: Path, resume: bool, progress: bool, info: DistInfo, device) -> TrainResult:
+def _train(config: RunConfig, run_dir: Path, resume: bool, progress: bool, info: DistInfo, device,
+           faults: list, stop: _StopSignal) -> TrainResult:
     t = config.train
     if t.threads:
         torch.set_num_threads(t.threads)
+
+    def warn(message: str) -> None:
+        if info.is_main:
+            print(f"warning: {message}", file=sys.stderr, flush=True)
+
+    if resume:
+        if info.is_main:
+            for note in ckpt.recover(run_dir):
+                warn(note)
+        barrier(info)
+        if not ckpt.has_checkpoint(run_dir):
+            warn(f"{run_dir} holds no checkpoint yet (the run stopped before saving one); starting from step 0")
+            resume = False
     if info.is_main:
         data = load_data(config)  # rank 0 prepares (or reuses) the token files first
     barrier(info)
@@ -160,19 +189,49 @@ def _train(config: RunConfig, run_dir: Path, resume: bool, progress: bool, info:
     amp = autocast_dtype(device, t.dtype)
 
     torch.manual_seed(t.seed)  # identical initial weights on every rank
-    model = GPT(m).to(device=device, dtype=param_dtype(t.dtype))
+    try:
+        model = GPT(m).to(device=device, dtype=param_dtype(t.dtype))
+    except (MemoryError, RuntimeError) as e:
+        if isinstance(e, RuntimeError) and "alloc" not in str(e).lower() and "out of memory" not in str(e).lower():
+            raise
+        raise ConfigError(f"the model does not fit in memory on {device} (n_layer={m.n_layer}, n_embd={m.n_embd}, "
+                          f"block_size={m.block_size}, vocab {m.vocab_size}): {str(e).splitlines()[0]}") from None
     optimizer = configure_adamw(model, t, device)
     sampler = BatchSampler(data.train, m.block_size, t.batch_size, seed=t.seed, rank=info.rank, world_size=info.world_size)
     metrics = MetricsLogger(run_dir / "metrics.jsonl", enabled=info.is_main)
+    guard = Guard.from_config(t, m.vocab_size)
+    injector = FaultInjector(faults, info.rank)
+
+    def restore(directory: Path, state: dict, data_position: bool) -> int:
+        """Load a verified checkpoint into the model and optimizer (and the sampler position, unless
+        rolling back: then the data keeps going forward). Returns its step."""
+        source = str(directory / ckpt.WEIGHTS)
+        for key, kind in (("optimizer_step", int), ("sampler", dict), ("rng", dict)):
+            if not isinstance(state.get(key), kind) or isinstance(state.get(key), bool):
+                raise CheckpointError(f"{directory / ckpt.STATE}: {key!r} is missing or not a{'n' if kind is int else ''} "
+                                      f"{kind.__name__}; the checkpoint is incomplete")
+        weights = ckpt.read_tensors(directory / ckpt.WEIGHTS)
+        ckpt.check_weights(weights, model.weights(), source, dtype=param_dtype(t.dtype))
+        model.load_weights(weights, source)
+        opt_tensors = ckpt.read_tensors(directory / ckpt.OPTIMIZER)
+        expected = {f"{moment}.{name}": p for name, p in named_parameters(model) for moment in ("exp_avg", "exp_avg_sq")}
+        ckpt.check_weights(opt_tensors, expected if state["optimizer_step"] else {}, str(directory / ckpt.OPTIMIZER),
+                           dtype=param_dtype(t.dtype))
+        load_optimizer_state_tensors(optimizer, model, opt_tensors, state["optimizer_step"])
+        if data_position:
+            try:
+                sampler.load_state_dict(state["sampler"])
+            except (KeyError, TypeError, ValueError):
+                raise CheckpointError(f"{directory / ckpt.STATE}: 'sampler' is corrupt ({state['sampler']!r})") from None
+        set_rng_state(state["rng"])
+        return state["step"]
 
     step, elapsed_before = 0, 0.0
     if resume:
-        directory, state = ckpt.find_checkpoint(run_dir)
-        model.load_weights(ckpt.read_tensors(directory / ckpt.WEIGHTS), str(directory / ckpt.WEIGHTS))
-        load_optimizer_state_tensors(optimizer, model, ckpt.read_tensors(directory / ckpt.OPTIMIZER), state["optimizer_step"])
-        sampler.load_state_dict(state["sampler"])
-        step, elapsed_before = state["step"], state.get("elapsed_s", 0.0)
-        set_rng_state(state.get("rng", {}))
+        directory, state = ckpt.find_checkpoint(run_dir, warn=warn)
+        step = restore(directory, state, data_position=True)
+        elapsed_before = float(state.get("elapsed_s", 0.0))
+        guard.load_state_dict(state.get("guard", {}))
         metrics.truncate_after(step)
     if info.rank:
         torch.manual_seed(t.seed + 1_000_003 * info.rank + step)  # each rank its own dropout masks
@@ -196,14 +255,33 @@ def _train(config: RunConfig, run_dir: Path, resume: bool, progress: bool, info:
     flops_per_token = model.flops_per_token()
     peak = peak_flops(device)
     peak_total = peak * info.world_size if peak else None
+    last_saved = step if resume else None
 
-    def save(step_done: int, elapsed: float) -> None:
+    def save(step_done: int, elapsed: float, final: bool = False, force: bool = False) -> None:
+        """Checkpoint `step_done` (rank 0 writes). A failed write keeps the previous checkpoint and
+        says so; training goes on and tries again next time, except for the last save, which raises."""
+        nonlocal last_saved
+        if step_done == last_saved and not force:
+            return
+        error = None
         if info.is_main:
             opt_tensors, opt_step = optimizer_state_tensors(optimizer, model)
             state = {"engine": "torch", "optimizer_step": opt_step, "sampler": sampler.state_dict(),
-                     "rng": rng_state(), "elapsed_s": elapsed, "tokens_seen": step_done * tokens_per_step}
-            ckpt.save_checkpoint(run_dir, step_done, model.weights(), opt_tensors, state, keep=t.keep_checkpoints)
+                     "rng": rng_state(), "elapsed_s": elapsed, "tokens_seen": step_done * tokens_per_step,
+                     "guard": guard.state_dict()}
+            try:
+                ckpt.save_checkpoint(run_dir, step_done, model.weights(), opt_tensors, state, keep=t.keep_checkpoints,
+                                     crash=injector.checkpoint_hook(step_done))
+            except CheckpointError as e:
+                error = e
         barrier(info)
+        if error is None:
+            last_saved = step_done
+        elif final:
+            raise CheckpointError(f"{error}; free space (or fix permissions) and resume with "
+                                  f"`groundup train --resume {run_dir}`")
+        else:
+            warn(f"{error}; training continues and tries again at the next checkpoint")
 
     def run_eval(step_done: int) -> tuple[float, float]:
         val, train_loss = evaluate(model, val_batches, amp, device), evaluate(model, train_eval_batches, amp, device)
@@ -218,77 +296,119 @@ def _train(config: RunConfig, run_dir: Path, resume: bool, progress: bool, info:
               + (f" × {info.world_size} ranks" if info.enabled else "")
               + (f", autocast {amp}" if amp else "") + f"; {tokens_per_step:,} tokens/step", flush=True)
         if resume:
-            print(f"resuming {run_dir} from step {step}", flush=True)
+            print(f"resuming {run_dir} from step {step} ({directory.name})"
+                  + (f"; learning rate × {guard.lr_scale:g} after {len(guard.rollbacks)} rollback(s)" if guard.rollbacks else ""),
+                  flush=True)
     bar = Progress(t.max_steps, initial=step, desc="train", enabled=progress and info.is_main)
     t0 = time.perf_counter()
     last_log_time, last_log_step = t0, step
     val_loss = train_loss = None
     last_eval_step = -1
-    stopped_by = "max_steps"
+    if resume:  # the checkpoint's own evaluation, if it was logged (a finished run resumed again)
+        for r in read_metrics(run_dir / "metrics.jsonl") if info.is_main else []:
+            if r.get("step") == step and "val_loss" in r:
+                val_loss, train_loss, last_eval_step = r["val_loss"], r["train_loss"], step
+    else:
+        save(0, 0.0)  # step 0: a rollback target, and `--resume` works from the first moment
+    stopped_by, report = "max_steps", None
+    parameters = list(model.parameters())
     model.train()
-    with _StopSignal() as stop:
-        while step < t.max_steps:
-            lr = lr_at(step, t)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            loss_sum = torch.zeros((), device=device)
-            for micro in range(t.grad_accum_steps):
-                x, y = (torch.from_numpy(a).to(device, non_blocking=True) for a in sampler.next_batch())
-                last_micro = micro == t.grad_accum_steps - 1
-                sync = train_model.no_sync() if (info.enabled and not last_micro) else contextlib.nullcontext()
-                with sync:
-                    with autocast(device, amp):
-                        _, loss = train_model(x, y)
-                    (loss / t.grad_accum_steps).backward()
-                loss_sum += loss.detach()
+    while step < t.max_steps and not stop.received:
+        lr = lr_at(step, t) * guard.lr_scale
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        corrupt = injector.loss_fault(step + 1, t.spike_factor)
+        loss_sum = torch.zeros((), device=device)
+        for micro in range(t.grad_accum_steps):
+            x, y = (torch.from_numpy(a).to(device, non_blocking=True) for a in sampler.next_batch())
+            last_micro = micro == t.grad_accum_steps - 1
+            sync = train_model.no_sync() if (info.enabled and not last_micro) else contextlib.nullcontext()
+            with sync:
+                with autocast(device, amp):
+                    _, loss = train_model(x, y)
+                loss = corrupt(loss)
+                (loss / t.grad_accum_steps).backward()
+            loss_sum += loss.detach()
+        # ‖g‖₂ over all parameters; then one all-reduce, so every rank judges the same numbers
+        grad_norm = torch.nn.utils.get_total_norm([p.grad for p in parameters if p.grad is not None])
+        stats = all_reduce_mean(torch.stack([loss_sum / t.grad_accum_steps, grad_norm.to(loss_sum.dtype)]), info)
+        loss_value, norm_value = stats.tolist()
+        verdict = guard.check(step + 1, loss_value, norm_value)
+        if verdict.action == "ok":
             if t.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
+                torch.nn.utils.clip_grads_with_norm_(parameters, t.grad_clip, grad_norm)
             optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            step += 1
+        optimizer.zero_grad(set_to_none=True)  # a skipped step leaves weights and Adam moments untouched
+        step += 1
 
-            if step % t.log_interval == 0 or step == t.max_steps:
-                loss_value = all_reduce_mean(loss_sum / t.grad_accum_steps, info).item()
-                now = time.perf_counter()
-                tokens_per_s = (step - last_log_step) * tokens_per_step / max(now - last_log_time, 1e-9)
-                last_log_time, last_log_step = now, step
-                fields = {"loss": loss_value, "lr": lr, "tok/s": tokens_per_s}
-                record = {"step": step, "loss": loss_value, "lr": lr, "tokens_per_s": round(tokens_per_s, 1),
-                          "time_s": round(now - t0 + elapsed_before, 3)}
-                if peak_total:
-                    record["mfu"] = fields["mfu"] = flops_per_token * tokens_per_s / peak_total
-                metrics.log(**record)
-                bar.update(step - bar.n, **fields)
-                if not math.isfinite(loss_value):
-                    bar.write(f"warning: loss is {loss_value} at step {step}")
-            else:
-                bar.update(step - bar.n)
+        if verdict.action == "skip":
+            metrics.log(step=step, event="skip", reason=verdict.reason)
+            bar.write(f"warning: skipped the update of step {step}: {verdict.reason}")
+        elif verdict.action == "rollback":
+            directory, state = ckpt.find_checkpoint(run_dir, warn=warn)
+            bad_step, step = step, restore(directory, state, data_position=False)
+            guard.rolled_back(bad_step, step, verdict.reason)
+            metrics.truncate_after(step)
+            metrics.log(step=step, event="rollback", reason=verdict.reason, from_step=bad_step, lr_scale=guard.lr_scale)
+            bar.write(f"warning: {verdict.reason}; rolled back to step {step} ({directory.name}), learning rate "
+                      f"× {guard.lr_scale:g} (rollback {len(guard.rollbacks)} of at most {t.max_rollbacks})")
+            bar.update(step - bar.n)
+            last_log_time, last_log_step = time.perf_counter(), step
+            save(step, time.perf_counter() - t0 + elapsed_before, force=True)  # remember the rollback
+            continue
+        elif verdict.action == "stop":
+            stopped_by = "diverged"
+            directory, _ = ckpt.find_checkpoint(run_dir, warn=warn)
+            report = guard.report(verdict.reason, directory, run_dir)
+            break
 
-            if step % t.eval_interval == 0:
-                val_loss, train_loss = run_eval(step)
-                last_eval_step = step
-            if t.checkpoint_interval and step % t.checkpoint_interval == 0 and step < t.max_steps:
-                save(step, time.perf_counter() - t0 + elapsed_before)
-            if t.time_budget and _should_stop_for_time(time.perf_counter() - t0, t.time_budget, info, device):
-                stopped_by = "time_budget"
-                break
-            if stop.received:
-                stopped_by = "signal"
-                break
+        if verdict.action == "ok" and (step % t.log_interval == 0 or step == t.max_steps):
+            now = time.perf_counter()
+            tokens_per_s = (step - last_log_step) * tokens_per_step / max(now - last_log_time, 1e-9)
+            last_log_time, last_log_step = now, step
+            fields = {"loss": loss_value, "lr": lr, "tok/s": tokens_per_s}
+            record = {"step": step, "loss": loss_value, "lr": lr, "tokens_per_s": round(tokens_per_s, 1),
+                      "time_s": round(now - t0 + elapsed_before, 3)}
+            if peak_total:
+                record["mfu"] = fields["mfu"] = flops_per_token * tokens_per_s / peak_total
+            metrics.log(**record)
+            bar.update(step - bar.n, **fields)
+        else:
+            bar.update(step - bar.n)
+        injector.kill_after_step(step)
+
+        if step % t.eval_interval == 0:
+            val_loss, train_loss = run_eval(step)
+            last_eval_step = step
+        if t.checkpoint_interval and step % t.checkpoint_interval == 0 and step < t.max_steps:
+            save(step, time.perf_counter() - t0 + elapsed_before)
+        if t.time_budget and _should_stop_for_time(time.perf_counter() - t0, t.time_budget, info, device):
+            stopped_by = "time_budget"
+            break
+    if stop.received and stopped_by == "max_steps" and step < t.max_steps:
+        stopped_by = "signal"
     bar.close()
 
     elapsed = time.perf_counter() - t0
-    if info.enabled:
-        in_sync = weights_in_sync(model.weights(), info)
-        if info.is_main and progress:
-            print(f"ranks in sync: weights identical on all {info.world_size} ranks" if in_sync else
-                  f"warning: weights differ between the {info.world_size} ranks", flush=True)
-    if last_eval_step != step:
-        val_loss, train_loss = run_eval(step)
-    save(step, elapsed + elapsed_before)
+    if stopped_by == "diverged":  # hand back the last good weights, not the diverged ones
+        directory, state = ckpt.find_checkpoint(run_dir, warn=warn)
+        step = restore(directory, state, data_position=True)
+        val_loss, train_loss = evaluate(model, val_batches, amp, device), evaluate(model, train_eval_batches, amp, device)
+        metrics.log(step=step, event="stopped", reason=report)
+    else:
+        if info.enabled:
+            in_sync = weights_in_sync(model.weights(), info)
+            if info.is_main and progress:
+                print(f"ranks in sync: weights identical on all {info.world_size} ranks" if in_sync else
+                      f"warning: weights differ between the {info.world_size} ranks", flush=True)
+        if last_eval_step != step:
+            val_loss, train_loss = run_eval(step)
+        save(step, elapsed + elapsed_before, final=True)
     if info.is_main:
         plot_loss_curves(read_metrics(run_dir / "metrics.jsonl"), run_dir / "loss.png", title=f"{run_dir.name}: learning curves")
-        if progress:
+        if stopped_by == "diverged":
+            print(f"error: {report}", file=sys.stderr, flush=True)
+        elif progress:
             why = {"max_steps": "reached max_steps", "time_budget": f"time budget of {t.time_budget:g} s used",
                    "signal": f"stopped by {stop.received}"}[stopped_by]
             print(f"done: step {step} ({why}) in {elapsed:.1f} s; val loss {val_loss:.4f}; wrote {run_dir}/", flush=True)
@@ -296,7 +416,8 @@ def _train(config: RunConfig, run_dir: Path, resume: bool, progress: bool, info:
                 print(f"resume with: groundup train --resume {run_dir}", flush=True)
     return TrainResult(run_dir, step, val_loss, train_loss,
                        tokens_per_s=(step * tokens_per_step / (elapsed + elapsed_before)) if elapsed > 0 else 0.0,
-                       seconds=elapsed, model=model, config=config, stopped_by=stopped_by)
+                       seconds=elapsed, model=model, config=config, stopped_by=stopped_by, report=report,
+                       rollbacks=len(guard.rollbacks))
 
 
 def _should_stop_for_time(elapsed: float, budget: float, info: DistInfo, device) -> bool:
