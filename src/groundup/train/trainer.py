@@ -109,7 +109,7 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state(torch.from_numpy(np.frombuffer(base64.b64decode(state["torch_cuda"]), dtype=np.uint8).copy()))
 
 
-class _StopSignal:
+class StopSignal:
     """SIGINT/SIGTERM set a flag; the loop finishes its step, saves, and exits cleanly."""
 
     def __init__(self):
@@ -155,14 +155,14 @@ def train(config: RunConfig, run_dir: str | Path, resume: bool = False, progress
                               "or choose another --out")
     info, device = init_distributed(pick_device(t.device))
     try:
-        with _StopSignal() as stop:
+        with StopSignal() as stop:
             return _train(config, run_dir, resume, progress, info, device, faults, stop)
     finally:
         shutdown(info)
 
 
 def _train(config: RunConfig, run_dir: Path, resume: bool, progress: bool, info: DistInfo, device,
-           faults: list, stop: _StopSignal) -> TrainResult:
+           faults: list, stop: StopSignal) -> TrainResult:
     t = config.train
     if t.threads:
         torch.set_num_threads(t.threads)

@@ -34,7 +34,7 @@ from groundup.report.plots import plot_loss_curves
 from groundup.train import checkpoint as ckpt
 from groundup.train.optim import decays
 from groundup.train.schedule import lr_at
-from groundup.train.trainer import TrainResult, _StopSignal, fixed_batches, load_data, resolve_vocab
+from groundup.train.trainer import TrainResult, StopSignal, fixed_batches, load_data, resolve_vocab
 from groundup.util.metrics import MetricsLogger, read_metrics
 from groundup.util.progress import Progress
 
@@ -139,7 +139,7 @@ def train(config: RunConfig, run_dir: str | Path, resume: bool = False, progress
     val_loss = train_loss = None
     last_eval_step = -1
     stopped_by = "max_steps"
-    with _StopSignal() as stop:
+    with StopSignal() as stop:
         while step < t.max_steps:
             lr = lr_at(step, t)
             loss_sum = 0.0
