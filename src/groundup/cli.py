@@ -116,6 +116,11 @@ def cmd_train(args) -> int:
         config = read_run_config(args.resume).replace(**dict(parse_override(o) for o in overrides))
         train(config, args.resume, resume=True)
         return 0
+    if args.plan:
+        from groundup.labs.cost import plan_training
+
+        plan_training(load_config(args.config, overrides))
+        return 0
     if not args.out:
         raise GroundupError("say where the run goes: --out runs/NAME (or --resume runs/NAME to continue one)")
     config = load_config(args.config, overrides)
@@ -216,6 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--engine", choices=["torch", "numpy"], help="same as --set engine=…")
     tr.add_argument("--device", help="auto, cpu, cuda, cuda:N, mps")
     tr.add_argument("--compile", action="store_true", help="torch.compile the model")
+    tr.add_argument("--plan", action="store_true", help="don't train: print whether it fits, its FLOPs and projected time")
     tr.set_defaults(func=cmd_train)
 
     sa = sub.add_parser("sample", help="generate text from a trained run (streams as it goes)")
