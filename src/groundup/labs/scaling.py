@@ -495,11 +495,19 @@ def run_lab(grid: str, out: str | os.PathLike, overrides: list[str] = (), budget
     """Train the grid, fit, plot, report. Returns results.json's content (None on ranks > 0)."""
     import time
 
+    from groundup.train.distributed import init_distributed, shutdown
+    from groundup.util.device import pick_device
+
     start = time.perf_counter()
     out = Path(out)
     points = parse_grid(grid)
-    records = run_grid(points, out, list(overrides), checkpoint_every, progress, jobs)
-    if int(os.environ.get("RANK", "0")) != 0:
+    # Under torchrun, hold one process group for the whole grid: every point's trainer joins it.
+    info, _ = init_distributed(pick_device(point_config(points[0], overrides).train.device))
+    try:
+        records = run_grid(points, out, list(overrides), checkpoint_every, progress, jobs)
+    finally:
+        shutdown(info)
+    if not info.is_main:
         return None
     analysis = analyse(records, budget, n_boot)
     return write_outputs(out, grid, records, analysis, time.perf_counter() - start, list(overrides))
