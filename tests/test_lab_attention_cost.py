@@ -17,7 +17,10 @@ from conftest import run_cli
 
 
 def test_peak_memory_counts_live_tensors_and_forgets_freed_ones():
+    existing = torch.zeros(10_000)  # allocated before: its views and in-place updates cost nothing new
     with PeakTensorMemory() as tracker:
+        existing[:100].add_(1.0)
+        existing.view(100, 100).t()
         a = torch.empty(1000, dtype=torch.float32)  # 4,000 bytes
         view = a[:10]  # same storage: not counted again
         del a, view

@@ -172,10 +172,9 @@ def plot(rows: list[dict], analysis: dict, out: Path, n_embd: int, backward: boo
 
     paths = []
     what = "forward + backward" if backward else "forward"
-    for key, label, fname in [("seconds", "seconds per pass", "attention_time.png"),
-                              ("peak_bytes", "peak tensor memory (bytes)", "attention_memory.png")]:
-        fig, ax = new_figure(f"Attention {label.split(' ')[0]} vs sequence length ({what}, C = {n_embd})",
-                             "sequence length T", label)
+    for key, title, label, fname in [("seconds", "time", "seconds per pass", "attention_time.png"),
+                                     ("peak_bytes", "memory", "peak tensor memory (bytes)", "attention_memory.png")]:
+        fig, ax = new_figure(f"Attention {title} vs sequence length ({what}, C = {n_embd})", "sequence length T", label)
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
         for k, path in enumerate(PATHS):
@@ -193,7 +192,7 @@ def plot(rows: list[dict], analysis: dict, out: Path, n_embd: int, backward: boo
 
 
 def run_lab(lengths=DEFAULT_LENGTHS, out="runs/attention-cost", n_embd: int = 64, n_head: int = 4, batch: int = 1,
-            repeats: int = 5, backward: bool = True, device: str = "auto", progress: bool = True) -> dict:
+            repeats: int = 5, backward: bool = True, device: str = "auto", progress: bool = True, threads: int = 1) -> dict:
     from groundup.report.markdown import table, write_report
     from groundup.util.device import pick_device
     from groundup.util.files import atomic_write_json
@@ -204,16 +203,20 @@ def run_lab(lengths=DEFAULT_LENGTHS, out="runs/attention-cost", n_embd: int = 64
     if n_embd % n_head:
         raise ConfigError(f"--n-embd ({n_embd}) must be divisible by --n-head ({n_head})")
     dev = pick_device(device)
+    if dev.type == "cpu" and threads:
+        import torch
+
+        torch.set_num_threads(threads)  # one thread by default: steadier timings on a shared machine
     out = Path(out)
     rows = measure(lengths, n_embd, n_head, batch, repeats, backward, dev, progress)
     analysis = analyse(rows, n_embd)
     plot(rows, analysis, out, n_embd, backward)
-    results = {"device": str(dev), "n_embd": n_embd, "n_head": n_head, "batch": batch, "backward": backward,
+    results = {"device": str(dev), "threads": threads if dev.type == "cpu" else None, "n_embd": n_embd, "n_head": n_head, "batch": batch, "backward": backward,
                "repeats": repeats, "rows": rows, "analysis": analysis}
     atomic_write_json(out / "results.json", results)
     m, s = analysis["math"], analysis["sdpa"]
     summary = "\n".join([
-        f"Device {dev}, width C = {n_embd}, {n_head} heads, batch {batch}, {'forward + backward' if backward else 'forward only'}; "
+        f"Device {dev}" + (f" ({threads} thread{'s' if threads > 1 else ''})" if dev.type == "cpu" and threads else "") + f", width C = {n_embd}, {n_head} heads, batch {batch}, {'forward + backward' if backward else 'forward only'}; "
         f"fastest of {repeats} repeats.",
         "",
         f"- Time: math ∝ T^{m['time_exponent']:.2f}, sdpa ∝ T^{s['time_exponent']:.2f} over the longer half of the lengths "
@@ -255,6 +258,7 @@ def add_arguments(p) -> None:
     p.add_argument("--repeats", type=int, help="timed repeats per point; the fastest is kept (default 5, 3 with --quick)")
     p.add_argument("--forward-only", action="store_true", help="time inference (no_grad) instead of forward + backward")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N, mps")
+    p.add_argument("--threads", type=int, default=1, help="CPU threads for torch (default 1: steadier timings; 0 = torch's default)")
     p.add_argument("--out", default="runs/attention-cost")
 
 
@@ -265,7 +269,10 @@ def run(args) -> int:
         value = repeats if name == "repeats" else getattr(args, name)
         if value < 1:
             raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
-    results = run_lab(lengths, args.out, args.n_embd, args.n_head, args.batch, repeats, not args.forward_only, args.device)
+    if args.threads < 0:
+        raise ConfigError(f"--threads must be ≥ 0, got {args.threads}")
+    results = run_lab(lengths, args.out, args.n_embd, args.n_head, args.batch, repeats, not args.forward_only, args.device,
+                      threads=args.threads)
     a = results["analysis"]
     for path in PATHS:
         print(f"{path}: time ∝ T^{a[path]['time_exponent']:.2f}, memory ∝ T^{a[path]['memory_exponent']:.2f} "

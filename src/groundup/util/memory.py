@@ -6,6 +6,7 @@ import weakref
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 
 
 class PeakTensorMemory(TorchDispatchMode):
@@ -42,8 +43,11 @@ class PeakTensorMemory(TorchDispatchMode):
             self.current -= size
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        for t in out if isinstance(out, (tuple, list)) else (out,):
-            if isinstance(t, torch.Tensor):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        # An output sharing an input's storage (a view, an in-place op) allocated nothing new.
+        inputs = {t.untyped_storage().data_ptr() for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)}
+        for t in tree_leaves(out):
+            if isinstance(t, torch.Tensor) and t.untyped_storage().data_ptr() not in inputs:
                 self._track(t)
         return out
