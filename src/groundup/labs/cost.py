@@ -301,6 +301,12 @@ def human_bytes(x: float) -> str:
     return f"{x:.0f} B"
 
 
+def human_money(dollars: float) -> str:
+    if dollars >= 100:
+        return f"${dollars:,.0f}"
+    return f"${dollars:.2f}" if dollars >= 0.01 else f"${dollars:.2g}"
+
+
 def human_time(seconds: float) -> str:
     if seconds < 120:
         return f"{seconds:.1f} s"
@@ -376,7 +382,7 @@ def format_estimate(e: Estimate) -> str:
                      f"({fits(e.min_gpus_checkpointed)} with checkpointing)")
     lines += [f"time: {p.gpu_hours:,.0f} GPU-hours at {p.mfu:.0%} MFU of {hw.peak_flops / 1e12:,.0f} TFLOP/s → "
               f"{p.days:,.1f} days on {p.n_gpus:,} GPUs",
-              f"cost: ${p.dollars:,.0f} at ${p.price:.2f}/GPU-hour; energy {p.kwh / 1000:,.1f} MWh "
+              f"cost: {human_money(p.dollars)} at ${p.price:.2f}/GPU-hour; energy {p.kwh / 1000:,.1f} MWh "
               f"({hw.watts:.0f} W per GPU × PUE {p.pue})"]
     lines += [f"note: {n}" for n in e.notes]
     return "\n".join(lines)
@@ -566,9 +572,8 @@ def plan_training(config, probe: bool = True, out=None) -> dict:
     hw = preset_for_device_name(torch.cuda.get_device_name(device)) if device.type == "cuda" else None
     hw = hw or PRESETS[DEFAULT_GPU]
     p = project(result["flops"], hw, 1, DEFAULT_MFU, DEFAULT_PRICE, DEFAULT_PUE)
-    dollars = f"${p.dollars:,.2f}" if p.dollars >= 0.01 else f"${p.dollars:.2g}"
     print(f"on one {hw.name} at {DEFAULT_MFU:.0%} MFU it would take {human_time(p.gpu_hours * 3600)} and cost "
-          f"{dollars} at ${DEFAULT_PRICE:.2f}/GPU-hour (small models reach far lower MFU in practice)", file=out)
+          f"{human_money(p.dollars)} at ${DEFAULT_PRICE:.2f}/GPU-hour (small models reach far lower MFU in practice)", file=out)
     result["gpu_projection"] = {"gpu": hw.name, "hours": p.gpu_hours, "dollars": p.dollars}
     return result
 
@@ -669,7 +674,7 @@ def _print_from_run(args, hardware: Hardware) -> int:
                 f"here: {human_time(row['seconds_here'])}")
         if "gpu_hours" in row:
             line += (f"  | {row['n_gpus']:,}× {row['gpu']} at {row['mfu']:.0%} MFU: {human_time(row['days'] * 86400)}, "
-                     f"${row['dollars']:,.2f}, {row['kwh']:,.2f} kWh")
+                     f"{human_money(row['dollars'])}, {row['kwh']:.3g} kWh")
         print(line)
     print("  (same device: assumes the measured FLOP/s holds at the larger size; bigger matmuls usually run faster)")
     return 0

@@ -58,7 +58,8 @@ class Chinchilla:
 
     def __call__(self, N, D):
         N, D = np.asarray(N, dtype=float), np.asarray(D, dtype=float)
-        return self.E + self.A / N**self.alpha + self.B / D**self.beta
+        with np.errstate(over="ignore"):  # a wild bootstrap fit may overflow: inf, not a warning
+            return self.E + self.A / N**self.alpha + self.B / D**self.beta
 
     def compute_optimal(self, C: float) -> tuple[float, float]:
         """Minimise L(N, D) subject to 6·N·D = C (Hoffmann et al. eq. 4):
@@ -195,7 +196,8 @@ def fit_chinchilla(N, D, L, delta: float = HUBER_DELTA, starts: np.ndarray | Non
     N, D, L = (np.asarray(v, dtype=float) for v in (N, D, L))
     log_x = np.stack([np.log(N), np.log(D)], axis=1)
     p = fit_lse(log_x, np.log(L), chinchilla_starts() if starts is None else starts, delta, n_best)
-    return Chinchilla(E=float(np.exp(p[4])), A=float(np.exp(p[0])), alpha=float(p[2]), B=float(np.exp(p[1])), beta=float(p[3]))
+    with np.errstate(over="ignore"):
+        return Chinchilla(E=float(np.exp(p[4])), A=float(np.exp(p[0])), alpha=float(p[2]), B=float(np.exp(p[1])), beta=float(p[3]))
 
 
 def fit_power_law_with_floor(C, L, delta: float = HUBER_DELTA, starts: np.ndarray | None = None) -> PowerLaw:

@@ -520,9 +520,18 @@ def add_arguments(p) -> None:
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a setting for every grid point, e.g. corpus=python-docs")
     p.add_argument("--out", help="where the grid's runs and the results go (default runs/scaling, or runs/scaling-quick)")
     p.add_argument("--budget", type=float, help="compute budget (FLOPs) for the compute-optimal N and D (default: the largest run's C)")
-    p.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1),
-                   help="grid points trained at once, one process and one thread each (default: 2 on a machine with ≥ 2 cores)")
+    p.add_argument("--jobs", type=int,
+                   help="grid points trained at once, one process and one thread each (default: 2 on a CPU with ≥ 2 cores, "
+                        "1 with a GPU or under torchrun)")
     p.add_argument("--bootstrap", type=int, help="bootstrap resamples for the intervals (default 200, 50 with --quick)")
+
+
+def _default_jobs() -> int:
+    import torch
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 or torch.cuda.is_available():
+        return 1
+    return min(2, os.cpu_count() or 1)
 
 
 def run(args) -> int:
@@ -531,9 +540,9 @@ def run(args) -> int:
     n_boot = args.bootstrap if args.bootstrap is not None else (50 if args.quick else 200)
     if n_boot < 0:
         raise ConfigError("--bootstrap must be ≥ 0")
-    if args.jobs < 1:
+    if args.jobs is not None and args.jobs < 1:
         raise ConfigError(f"--jobs must be at least 1, got {args.jobs}")
-    jobs = 1 if int(os.environ.get("WORLD_SIZE", "1")) > 1 else args.jobs
+    jobs = args.jobs or _default_jobs()
     overrides = [*(QUICK_OVERRIDES if args.quick else []), *(args.set or [])]
     results = run_lab(grid, out, overrides, args.budget, n_boot, checkpoint_every=0 if args.quick else 250, jobs=jobs)
     if results is None:
