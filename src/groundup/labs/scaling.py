@@ -26,7 +26,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -175,7 +174,8 @@ def read_point(run_dir: Path) -> dict:
     D = int(state["tokens_seen"])
     seconds = float(state.get("elapsed_s", 0.0))
     return {"name": run_dir.name, "n_layer": m.n_layer, "n_embd": m.n_embd, "n_head": m.n_head, "steps": state["step"],
-            "learning_rate": config.train.learning_rate, "N": N, "N_total": model.num_params(), "D": D, "C": 6.0 * N * D, "C_full": model.flops_per_token() * D,
+            "learning_rate": config.train.learning_rate, "N": N, "N_total": model.num_params(), "D": D,
+            "C": 6.0 * N * D, "C_full": model.flops_per_token() * D,
             "val_loss": evals[-1]["val_loss"], "train_loss": evals[-1]["train_loss"],
             "seconds": seconds, "tokens_per_s": D / seconds if seconds > 0 else None}
 
@@ -189,7 +189,8 @@ def run_grid(points: list[GridPoint], out: Path, overrides: list[str] = (), chec
              progress: bool = True, jobs: int = 1) -> list[dict]:
     """Train (or reuse) every point under out/points/ and return one record per point (in the
     order of `points`). `jobs` > 1 trains that many points at once, each in its own process with
-    one thread: on a small CPU that beats one process with several threads for models this size."""
+    one thread: these models' matmuls are too small to split well across threads, so on a small
+    CPU one point per core keeps every core busy."""
     from groundup.util.progress import Progress
 
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
