@@ -120,6 +120,11 @@ def cmd_train(args) -> int:
 
         config = read_run_config(args.resume).replace(**dict(parse_override(o) for o in overrides))
         result = train(config, args.resume, resume=True, faults=faults)
+    elif args.plan:
+        from groundup.labs.cost import plan_training
+
+        plan_training(load_config(args.config, overrides))
+        return 0
     else:
         if not args.out:
             raise GroundupError("say where the run goes: --out runs/NAME (or --resume runs/NAME to continue one)")
@@ -224,6 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--inject", action="append", metavar="FAULT@STEP",
                     help="testing: inject a fault (repeatable): nan@STEP, inf@STEP, spike@STEP, kill@STEP, "
                          "kill@STEP:write|rename|publish|prune (SIGKILL mid-checkpoint); see docs/fault-tolerance.md")
+    tr.add_argument("--plan", action="store_true", help="don't train: print whether it fits, its FLOPs and projected time")
     tr.set_defaults(func=cmd_train)
 
     sa = sub.add_parser("sample", help="generate text from a trained run (streams as it goes)")

@@ -24,6 +24,7 @@ class DistInfo:
     rank: int = 0
     local_rank: int = 0
     world_size: int = 1
+    owns_group: bool = False  # this call created the process group, so shutdown() destroys it
 
     @property
     def enabled(self) -> bool:
@@ -43,8 +44,9 @@ def init_distributed(device: torch.device) -> tuple[DistInfo, torch.device]:
     if device.type == "cuda":
         device = torch.device("cuda", info.local_rank)
         torch.cuda.set_device(device)
-    if not dist.is_initialized():
+    if not dist.is_initialized():  # a caller (e.g. a lab training many runs) may hold one already
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+        info.owns_group = True
     return info, device
 
 
@@ -84,5 +86,7 @@ def weights_in_sync(tensors: dict[str, torch.Tensor], info: DistInfo) -> bool:
 
 
 def shutdown(info: DistInfo) -> None:
-    if info.enabled and dist.is_initialized():
+    """Destroy the process group if init_distributed created it. (Under torchrun a group can't be
+    created again after it is destroyed, so a caller that trains several runs holds it open.)"""
+    if info.enabled and info.owns_group and dist.is_initialized():
         dist.destroy_process_group()

@@ -1,0 +1,220 @@
+"""The cost calculator: FLOPs against torch's own counter and the published figures, the
+arithmetic of time, money and energy checked by hand, the pre-flight and the projection from a run."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from groundup.errors import ConfigError, GroundupError
+from groundup.hardware import PRESETS, Hardware
+from groundup.labs import cost
+from groundup.model import GPT
+
+from helpers import tiny_config
+
+
+@pytest.mark.parametrize("key", ["gpt3-175b", "chinchilla-70b", "llama3-405b"])
+def test_reference_flops_within_10_percent_of_published(key):
+    row = next(r for r in cost.reference_table() if r["key"] == key)
+    assert abs(row["error_6ND"]) < 0.10, row
+    assert abs(row["error_with_attention"]) < 0.10, row
+
+
+def test_gpt3_is_about_3_1e23_flops():
+    r = cost.REFERENCES["gpt3-175b"]
+    assert cost.training_flops(r.n_params, r.n_tokens) == pytest.approx(3.15e23, rel=1e-3)
+
+
+def test_published_gpu_hours_imply_a_plausible_mfu():
+    """Llama-2 published GPU-hours, not FLOPs: 6·N·D over those hours must be a believable MFU."""
+    rows = {r["key"]: r for r in cost.reference_table()}
+    for key in ("llama2-70b", "llama3-405b"):
+        assert 0.25 < rows[key]["implied_mfu"] < 0.6, rows[key]
+
+
+def _matmul_params(model: GPT) -> int:
+    """Weights that multiply activations: every matrix except the (non-matmul) position table."""
+    return sum(p.numel() for name, p in model.named_parameters() if p.dim() == 2 and "position" not in name)
+
+
+def test_flops_per_token_with_attention_matches_torch_flop_counter():
+    """torch's FlopCounterMode counts every matmul of a real forward + backward pass."""
+    config = tiny_config("attention=math", "n_layer=3", "vocab_size=97").model
+    model = GPT(config)
+    B, T = 2, config.block_size
+    idx = torch.randint(0, 97, (B, T))
+    with FlopCounterMode(display=False) as counter:
+        _, loss = model(idx, idx)
+        loss.backward()
+    per_token = cost.training_flops_per_token(_matmul_params(model), config.n_layer, config.n_embd, T)
+    assert counter.get_total_flops() == per_token * B * T
+    # The model's own count differs only by treating biases and norm gains as matmul weights.
+    assert model.flops_per_token() == pytest.approx(per_token, rel=0.05)
+
+
+def test_inference_flops_are_a_third_of_training_flops_per_token():
+    assert cost.inference_flops_per_token(1e9, 10, 1000, 2048) * 3 == cost.training_flops_per_token(1e9, 10, 1000, 2048)
+
+
+def test_time_money_and_energy_arithmetic():
+    hw = Hardware("round numbers", peak_flops=1e15, memory_bytes=80e9, bandwidth=1e12, watts=1000, source="test")
+    # 1.8e21 FLOPs at 50% of 1e15 FLOP/s = 3.6e6 GPU-seconds = 1000 GPU-hours.
+    p = cost.project(1.8e21, hw, n_gpus=10, mfu=0.5, price=2.0, pue=1.5)
+    assert p.gpu_hours == pytest.approx(1000)
+    assert p.days == pytest.approx(100 / 24)  # 1000 GPU-hours on 10 GPUs = 100 hours
+    assert p.dollars == pytest.approx(2000)
+    assert p.kwh == pytest.approx(1000 * 1.0 * 1.5)  # GPU-hours × kW × PUE
+    assert cost.gpus_for_days(1.8e21, hw, days=100 / 24, mfu=0.5) == 10
+    with pytest.raises(ConfigError):
+        cost.project(1e20, hw, 1, mfu=1.5)
+
+
+def test_training_memory_follows_zero_and_korthikanti():
+    # GPT-3 175B: 16 bytes/parameter of state = 2.8 TB.
+    m = cost.training_memory(175e9, 96, 12288, 96, 2048, batch=1, fused_attention=False)
+    assert m.state == pytest.approx(16 * 175e9)
+    assert (m.weights, m.gradients, m.optimizer) == (2 * 175e9, 2 * 175e9, 12 * 175e9)
+    # Korthikanti et al. eq. 2: s·b·h·(34 + 5·a·s/h) bytes per layer; 5·96·2048/12288 = 80.
+    per_layer = 2048 * 12288 * (34 + 80)
+    assert m.activations == pytest.approx(96 * per_layer)
+    fused = cost.training_memory(175e9, 96, 12288, 96, 2048, batch=1)
+    assert fused.activations == pytest.approx(96 * 2048 * 12288 * 34)
+    ckpt = cost.training_memory(175e9, 96, 12288, 96, 2048, batch=1, checkpointing=True)
+    assert ckpt.activations == pytest.approx(96 * 2 * 2048 * 12288 + 2048 * 12288 * 34)
+    fp32 = cost.training_memory(1e6, 2, 64, 4, 32, batch=2, vocab=100, mixed_precision=False)
+    assert fp32.state == 16e6 and fp32.weights == 4e6
+    assert fp32.activations == pytest.approx(2 * 2 * 32 * 2 * 64 * 34 + 4 * 32 * 2 * 100)
+
+
+def test_min_gpus_shards_the_state_and_keeps_activations_per_gpu():
+    m = cost.TrainingMemory(weights=100e9, gradients=100e9, optimizer=600e9, activations=8e9)  # 800 GB of state
+    assert cost.min_gpus(m, 80e9) == math.ceil(800e9 / (0.9 * 80e9 - 8e9))  # 13
+    assert cost.min_gpus(cost.TrainingMemory(0, 0, 0, 100e9), 80e9) is None
+
+
+def test_memory_estimate_bounds_what_a_training_step_really_allocates():
+    """The plan's fp32 accounting against the bytes a real CPU training step creates."""
+    from groundup.util.memory import PeakTensorMemory
+
+    config = tiny_config("vocab_size=97", "batch_size=8").model
+    model = GPT(config)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    idx = torch.randint(0, 97, (8, config.block_size))
+    with PeakTensorMemory() as tracker:  # gradients, Adam state and activations are all created in here
+        _, loss = model(idx, idx)
+        loss.backward()
+        optimizer.step()
+    n = model.num_params()
+    estimate = cost.TrainingMemory(0, 4 * n, 8 * n, cost.activation_bytes(config.n_layer, config.n_embd, config.n_head,
+                                                                        config.block_size, 8, 97, bytes_per_value=4))
+    assert 0.5 * estimate.total < tracker.peak < 1.5 * estimate.total, (tracker.peak, estimate)
+
+
+def test_cost_bands_put_1e26_flops_in_the_quoted_dollar_range():
+    rows = cost.cost_bands(PRESETS["H100"])
+    assert [r["flops"] for r in rows] == [1e24, 1e25, 1e26]
+    for r in rows:
+        assert r["days"] <= 90 and r["dollars"] == pytest.approx(r["gpu_hours"] * cost.DEFAULT_PRICE)
+        assert 6 * r["N"] * r["D"] == pytest.approx(r["flops"]) and r["D"] == pytest.approx(20 * r["N"])
+        assert r["mwh"] == pytest.approx(r["gpu_hours"] * 0.7 * cost.DEFAULT_PUE / 1000)
+    assert 10e6 < rows[2]["dollars"] < 1e9  # "frontier runs cost $10M–$1B"
+    assert rows[1]["gpu_hours"] == pytest.approx(10 * rows[0]["gpu_hours"])
+
+
+def test_parse_amount_reads_suffixes_and_refuses_nonsense():
+    assert cost.parse_amount("70B") == 70e9 and cost.parse_amount("1.4T") == 1.4e12 and cost.parse_amount("3e23") == 3e23
+    for bad in ["seventy", "-5B", "0", "1.2X"]:
+        with pytest.raises(ConfigError):
+            cost.parse_amount(bad)
+
+
+def test_hardware_figures_can_be_overridden():
+    hw = cost.hardware_with("a100", peak_tflops=100, watts=300)
+    assert hw.peak_flops == 100e12 and hw.watts == 300 and hw.memory_bytes == PRESETS["A100"].memory_bytes
+    with pytest.raises(ConfigError, match="presets"):
+        cost.hardware_with("TPU")
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    from groundup.train.trainer import train
+
+    run_dir = tmp_path_factory.mktemp("cost") / "run"
+    return run_dir, train(tiny_config("max_steps=30", "log_interval=5"), run_dir, progress=False)
+
+
+def test_project_from_a_measured_run(tiny_run):
+    run_dir, result = tiny_run
+    r = cost.project_from_run(run_dir, hardware=PRESETS["H100"], n_gpus=8, mfu=0.3)
+    own, ten, hundred = r["rows"]
+    assert own["N"] == result.model.num_params() and own["D"] == 30 * 4 * 32
+    assert ten["flops"] == pytest.approx(100 * own["flops"]) and hundred["flops"] == pytest.approx(1e4 * own["flops"])
+    assert ten["seconds_here"] == pytest.approx(100 * own["seconds_here"])
+    assert own["gpu_hours"] == pytest.approx(own["flops"] / (989e12 * 0.3) / 3600)
+    # The measured speed really is this run's: its own size projects to about its measured time.
+    measured = r["measured"]["tokens_per_s"]
+    assert own["seconds_here"] == pytest.approx(own["flops"] / (r["measured"]["flops_per_token"] * measured))
+
+
+def _cli(capsys, *args: str) -> tuple[int, str, str]:
+    """The CLI in this process (same code path as the console script, without a new interpreter)."""
+    from groundup.cli import main
+
+    code = main(list(args))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_cli_cost_default_prints_references_and_bands(capsys):
+    code, out, err = _cli(capsys, "cost")
+    assert code == 0, err
+    for fragment in ("GPT-3 175B", "Chinchilla 70B", "Llama-2 70B", "Llama-3 405B", "1e+24", "1e+26", "MWh", "implied MFU"):
+        assert fragment in out, fragment
+
+
+def test_cli_cost_for_a_model(capsys):
+    code, out, err = _cli(capsys, "cost", "--params", "7B", "--tokens", "2T", "--layers", "32", "--d-model", "4096",
+                          "--heads", "32", "--context", "4096", "--gpus", "256", "--gpu", "A100")
+    assert code == 0, err
+    assert "8.4e+22" in out and "256 GPUs" in out and "activation checkpointing" in out
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--params", "lots"], "--params"),
+    (["--gpu", "TPU", "--params", "1B"], "TPU"),
+    (["--from-run", "/nonexistent/run"], "not a run directory"),
+    (["--params", "1B", "--mfu", "0"], "mfu"),
+    (["--tokens", "1T"], "--params"),
+])
+def test_cli_cost_bad_input_is_a_clean_error(capsys, args, fragment):
+    code, _, err = _cli(capsys, "cost", *args)
+    assert code == 2 and err.startswith("error:") and fragment in err, err
+
+
+def test_cli_cost_from_run(tiny_run, capsys):
+    code, out, err = _cli(capsys, "cost", "--from-run", str(tiny_run[0]), "--gpus", "8")
+    assert code == 0, err
+    assert "tokens/s" in out and "100× N, 100× D" in out and "8× NVIDIA H100" in out
+
+
+def test_train_plan_prints_fit_flops_and_time_without_training(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, out, err = _cli(capsys, "train", "--plan", "--set", "n_layer=2", "--set", "n_embd=32", "--set", "n_head=2",
+                          "--set", "max_steps=100", "--set", "block_size=32", "--set", "batch_size=4")
+    assert code == 0, err
+    assert "fits" in out and "FLOPs" in out and "tokens/s" in out and "12,800" in out  # 100 × 4 × 32 tokens
+    assert not any(tmp_path.iterdir())  # nothing trained, nothing written
+
+
+def test_plan_flops_are_the_models_own_count():
+    config = tiny_config("vocab_size=65")
+    plan = cost.plan_training(config, probe=False, out=open("/dev/null", "w"))
+    model = GPT(config.model)
+    assert plan["flops"] == model.flops_per_token() * 20 * 4 * 32
+    assert plan["fits"] and plan["N"] == model.num_params()
+    with pytest.raises(GroundupError):
+        cost.measured_speed("/nonexistent/run")
