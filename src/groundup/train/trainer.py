@@ -42,7 +42,7 @@ from groundup.train.optim import configure_adamw, load_optimizer_state_tensors, 
 from groundup.train.schedule import lr_at
 from groundup.util.device import autocast, autocast_dtype, param_dtype, pick_device
 from groundup.util.metrics import MetricsLogger, read_metrics
-from groundup.util.progress import Progress
+from groundup.util.progress import Progress, warn as progress_warn
 
 
 @dataclass
@@ -169,7 +169,7 @@ def _train(config: RunConfig, run_dir: Path, resume: bool, progress: bool, info:
 
     def warn(message: str) -> None:
         if info.is_main:
-            print(f"warning: {message}", file=sys.stderr, flush=True)
+            progress_warn(message)
 
     if resume:
         if info.is_main:
@@ -343,15 +343,15 @@ def _train(config: RunConfig, run_dir: Path, resume: bool, progress: bool, info:
 
         if verdict.action == "skip":
             metrics.log(step=step, event="skip", reason=verdict.reason)
-            bar.write(f"warning: skipped the update of step {step}: {verdict.reason}")
+            warn(f"skipped the update of step {step}: {verdict.reason}")
         elif verdict.action == "rollback":
             directory, state = ckpt.find_checkpoint(run_dir, warn=warn)
             bad_step, step = step, restore(directory, state, data_position=False)
             guard.rolled_back(bad_step, step, verdict.reason)
             metrics.truncate_after(step)
             metrics.log(step=step, event="rollback", reason=verdict.reason, from_step=bad_step, lr_scale=guard.lr_scale)
-            bar.write(f"warning: {verdict.reason}; rolled back to step {step} ({directory.name}), learning rate "
-                      f"× {guard.lr_scale:g} (rollback {len(guard.rollbacks)} of at most {t.max_rollbacks})")
+            warn(f"{verdict.reason}; rolled back to step {step} ({directory.name}), learning rate "
+                 f"× {guard.lr_scale:g} (rollback {len(guard.rollbacks)} of at most {t.max_rollbacks})")
             bar.update(step - bar.n)
             last_log_time, last_log_step = time.perf_counter(), step
             save(step, time.perf_counter() - t0 + elapsed_before, force=True)  # remember the rollback

@@ -12,6 +12,7 @@ class Progress:
     def __init__(self, total: int, initial: int = 0, desc: str = "", unit: str = "step",
                  enabled: bool = True, plain_every: float = 10.0):
         tty = sys.stderr.isatty()
+        self.enabled = enabled
         self.plain = enabled and not tty
         self.plain_every = plain_every
         self.desc = desc
@@ -33,7 +34,9 @@ class Progress:
             print(f"{self.desc} {self.n}/{self.total} {extra}".strip(), file=sys.stderr, flush=True)
 
     def write(self, message: str) -> None:
-        """A line of output that does not break the bar."""
+        """A line of output that does not break the bar (nothing when progress is off)."""
+        if not self.enabled:
+            return
         if self.bar.disable:
             print(message, flush=True)
         else:
@@ -41,6 +44,11 @@ class Progress:
 
     def close(self) -> None:
         self.bar.close()
+
+
+def warn(message: str) -> None:
+    """'warning: …' on stderr, without breaking a progress bar that may be on screen."""
+    tqdm.write(f"warning: {message}", file=sys.stderr)
 
 
 def _fmt(v) -> str:

@@ -36,7 +36,7 @@ from groundup.train.optim import decays
 from groundup.train.schedule import lr_at
 from groundup.train.trainer import TrainResult, StopSignal, fixed_batches, load_data, resolve_vocab
 from groundup.util.metrics import MetricsLogger, read_metrics
-from groundup.util.progress import Progress
+from groundup.util.progress import Progress, warn as progress_warn
 
 DTYPES = {"auto": np.float32, "float32": np.float32, "float64": np.float64}
 
@@ -163,7 +163,7 @@ def train(config: RunConfig, run_dir: str | Path, resume: bool = False, progress
                             time_s=round(now - t0 + elapsed_before, 3))
                 bar.update(step - bar.n, loss=loss_value, lr=lr, **{"tok/s": tokens_per_s})
                 if not np.isfinite(loss_value):
-                    bar.write(f"warning: loss is {loss_value} at step {step}")
+                    progress_warn(f"loss is {loss_value} at step {step}")
             else:
                 bar.update(step - bar.n)
 
