@@ -41,5 +41,6 @@ def plot_loss_curves(records: list[dict], path: str | os.PathLike, title: str = 
     if evals:
         ax.plot([r["step"] for r in evals], [r["train_loss"] for r in evals], "o-", ms=3, label="train (eval)")
         ax.plot([r["step"] for r in evals], [r["val_loss"] for r in evals], "o-", ms=3, label="val")
-    ax.legend()
+    if logged or evals:
+        ax.legend()
     return save_figure(fig, path)
