@@ -99,7 +99,9 @@ def test_parameter_counts():
     assert model.num_params() == L * per_block + 2 * C + V * C + T * C  # tied head counted once
     untied = GPT(tiny(positional="learned", tie_embeddings=False))
     assert untied.num_params() == model.num_params() + V * C
-    assert model.flops_per_token() == 6 * (L * per_block + 2 * C + V * C) + 12 * L * T * C
+    matrices = 3 * C * C + C * C + 4 * C * C + 4 * C * C  # W_QKV, W^O, W₁, W₂ per block
+    assert model.flops_per_token() == 6 * (L * matrices + V * C) + 12 * L * T * C
+    assert untied.flops_per_token() == model.flops_per_token()  # the lookup is not a matmul
 
 
 @pytest.mark.parametrize(

@@ -105,12 +105,14 @@ class GPT(nn.Module):
 
             6·N + 12·n_layer·T·C
 
-        N = the parameters used in matmuls (non-embedding + the LM head's V·C); the second term is
-        QKᵀ and the weighted sum of V (2·T·C multiply-adds each per layer, forward), ×3 for the
-        backward pass. The causal mask is ignored, as in the usual convention."""
+        N = the weights that multiply activations: every matrix in the blocks plus the LM head's
+        V·C (biases, norm gains and the embedding lookups are not matmuls). The second term is QKᵀ
+        and the weighted sum of V (2·T·C multiply-adds each per layer, forward), ×3 for the backward
+        pass. The causal mask is ignored, as in the usual convention. torch's FlopCounterMode counts
+        exactly this on a real step (tests/test_cost.py)."""
         c = self.config
         T = seq_len or c.block_size
-        n_matmul = self.num_params(non_embedding=True) + c.vocab_size * c.n_embd
+        n_matmul = sum(p.numel() for p in self.blocks.parameters() if p.dim() == 2) + self.lm_head.weight.numel()
         return 6 * n_matmul + 12 * c.n_layer * T * c.n_embd
 
     def weights(self) -> dict[str, torch.Tensor]:
