@@ -40,7 +40,7 @@ from groundup.train.distributed import DistInfo, all_reduce_mean, barrier, init_
 from groundup.train.guards import FaultInjector, Guard, parse_faults
 from groundup.train.optim import configure_adamw, load_optimizer_state_tensors, named_parameters, optimizer_state_tensors
 from groundup.train.schedule import lr_at
-from groundup.util.device import autocast, autocast_dtype, param_dtype, pick_device
+from groundup.util.device import autocast, autocast_dtype, keep_freed_memory, param_dtype, pick_device
 from groundup.util.metrics import MetricsLogger, read_metrics
 from groundup.util.progress import Progress, warn as progress_warn
 
@@ -166,6 +166,8 @@ def _train(config: RunConfig, run_dir: Path, resume: bool, progress: bool, info:
     t = config.train
     if t.threads:
         torch.set_num_threads(t.threads)
+    if device.type == "cpu":
+        keep_freed_memory()  # no page faults for every step's activations (see its docstring)
 
     def warn(message: str) -> None:
         if info.is_main:
