@@ -27,8 +27,8 @@ from conftest import assert_clean_error, run_cli
 from helpers import tiny_config
 
 # Smaller than --quick: enough for the effects to be far outside noise, seeded.
-TEST_SETTINGS = Settings.quick(pretrain_steps=150, finetune_steps=60, eval_every=20, eval_iters=4, edit_steps=15,
-                               device="cpu")
+TEST_SETTINGS = Settings.quick(pretrain_steps=150, finetune_steps=60, eval_every=20, eval_iters=4, edit_steps=40,
+                               edit_lrs=(1e-3,), edit_lora_lrs=(1e-2,), device="cpu")
 
 
 @pytest.fixture(scope="module")
@@ -72,21 +72,22 @@ def test_generation_leaves_every_weight_hash_unchanged(tiny_run):
 
 def test_in_context_accuracy_rises_with_facts_and_vanishes_with_the_context():
     task = LookupTask()
-    assert [round(task.best_accuracy(n), 3) for n in (0, 1, 16)] == [0.125, 0.234, 0.888]
-    untrained = train_task_model(task, 0, 32, 64, seed=1337, device=torch.device("cpu"), progress=False)
-    flat = lookup_accuracy(untrained, task, 1000, seed=7)
-    assert max(flat["accuracy"]) < 0.3  # an untrained model does not read the list
+    assert [round(task.best_accuracy(n), 3) for n in (0, 1, 16)] == [0.125, 0.234, 0.897]
+    cpu = torch.device("cpu")
+    untrained, _ = train_task_model(task, 0, 32, 128, seed=1337, device=cpu, progress=False)
+    assert max(lookup_accuracy(untrained, task, 1000, seed=7)["accuracy"]) < 0.3  # it does not read the list
 
-    model = train_task_model(task, 700, 32, 64, seed=1337, device=torch.device("cpu"), progress=False)
+    model, steps = train_task_model(task, 1000, 32, 128, seed=1337, device=cpu, progress=False,
+                                    learned=lambda m: lookup_accuracy(m, task, 300, seed=3, points=(16,))["accuracy"][0] > 0.8)
     before = weight_hashes(model)
     r = lookup_accuracy(model, task, 1000, seed=7)
     acc = r["accuracy"]
     assert r["facts_in_context"] == [0, 1, 2, 4, 8, 16]
     assert acc[0] < 0.2  # nothing in context: chance (1/8)
     assert all(b > a for a, b in zip(acc, acc[1:])), acc  # every added fact helps
-    assert acc[-1] > 0.65 and acc[-1] > acc[0] + 0.45, acc
+    assert acc[-1] > 0.75 and acc[-1] > acc[0] + 0.55, (steps, acc)
     assert r["cleared_context_accuracy"] < 0.2  # the same queries, the list gone: back to chance
-    assert r["other_context_accuracy_vs_new_answers"] > 0.65  # answers follow whatever list is in context
+    assert r["other_context_accuracy_vs_new_answers"] > 0.75  # answers follow whatever list is in context
     assert r["other_context_accuracy_vs_old_answers"] < 0.2
     assert weight_hashes(model) == before
 
@@ -130,13 +131,15 @@ def test_lora_in_the_lab_trains_adapters_only_and_unmerges_exactly(base, full_fi
 
 def test_targeted_edit_lowers_the_fact_loss_and_moves_unrelated_predictions(base, full_fine_tune):
     r = targeted_edit(base, TEST_SETTINGS, full_fine_tune["watch"], progress=False)
-    for kind in ("full", "lora"):
-        e = r[kind]
-        assert e["after"]["fact_answer_loss"] < 0.5 * e["before"]["fact_answer_loss"], kind
-        assert e["changed_predictions_A"] > 0, kind
-        assert set(e["relative_change_by_layer"]) >= {"blocks.0", "blocks.1"}
-    assert r["lora"]["relative_change_by_layer"]["token_embedding"] == 0.0  # LoRA leaves embeddings alone
-    assert r["full"]["relative_change_by_layer"]["token_embedding"] > 0.0
+    full, lora = r["runs"]
+    assert (full["kind"], full["lr"], lora["kind"], lora["lr"]) == ("full", 1e-3, "lora", 1e-2)
+    assert full["after"]["fact_answer_loss"] < 0.5 * full["before"]["fact_answer_loss"]
+    assert lora["after"]["fact_answer_loss"] < lora["before"]["fact_answer_loss"] - 1.0  # slower, r = 8
+    for run in (full, lora):
+        assert run["changed_predictions_A"] > 0.01  # held-out text the edit never saw now reads differently
+        assert set(run["relative_change_by_layer"]) >= {"blocks.0.attention", "blocks.1.ffn", "blocks.1.norms"}
+    assert lora["relative_change_by_layer"]["token_embedding"] == 0.0  # LoRA leaves the embeddings alone
+    assert full["relative_change_by_layer"]["token_embedding"] > 0.0
 
 
 def test_extending_a_char_vocabulary_keeps_every_old_row():

@@ -15,7 +15,8 @@ Five claims, each turned into a measurement (`groundup lab memory`, or the funct
   4. lora        Low-rank adapters (groundup.model.lora) train far fewer parameters: compare them with
                  full fine-tuning at the same number of steps: gain on B, loss on A, size.
   5. edit        Teaching one new fact by gradient steps moves unrelated behaviour too: how far the
-                 fact's loss falls against how far held-out text moves, and which layers changed.
+                 fact's loss falls against how far held-out text moves (full and LoRA, a gentle and a
+                 fast learning rate each), how many held-out predictions change, which weights moved.
 
 Results go to runs/memory/ (or --out): results.json, one PNG per plot, report.md.
 
@@ -80,17 +81,18 @@ class Settings:
     n_embd: int = 128
     block_size: int = 64
     batch_size: int = 12
-    pretrain_steps: int = 1500
+    pretrain_steps: int = 3000
     pretrain_lr: float = 2e-3
+    pretrain_seconds: float = 200.0  # stop pretraining early on a slow machine (0 = no limit)
     # evaluation: fixed batches of each domain's validation split
-    eval_iters: int = 20
+    eval_iters: int = 12
     # 1. frozen weights
     n_prompts: int = 20
     new_tokens: int = 60
     # 2. in-context learning (two small models trained on synthetic tasks)
-    icl_steps: int = 800
+    icl_steps: int = 2000  # at most: each task model trains until it has learned its task
     icl_batch: int = 32
-    icl_width: int = 64
+    icl_width: int = 128  # 64 wide also learns the lookup, but after 400 to more than 1,500 steps
     icl_eval: int = 2000  # sequences per point of the curve
     # 3 + 4. fine-tuning on domain B (full and LoRA), same steps
     finetune_steps: int = 300
@@ -105,14 +107,15 @@ class Settings:
     paraphrase: str = "Quixville is the capital of Elbonia."
     edit_steps: int = 100  # at most; an edit stops once the answer costs < edit_target_loss nats/token
     edit_target_loss: float = 0.1
-    edit_eval_every: int = 5
-    edit_lr: float = 1e-3
-    edit_lora_lr: float = 1e-2
+    edit_eval_every: int = 10
+    edit_eval_batches: int = 6  # of each domain's fixed validation batches, for the loss curves during an edit
+    edit_lrs: tuple[float, ...] = (1e-4, 1e-3)  # full edits: a gentle and a fast learning rate
+    edit_lora_lrs: tuple[float, ...] = (1e-3, 1e-2)
 
     @classmethod
     def quick(cls, **changes) -> "Settings":
         small = dict(n_layer=2, n_head=2, n_embd=64, block_size=64, batch_size=16, pretrain_steps=250,
-                     pretrain_lr=3e-3, eval_iters=6, n_prompts=8, new_tokens=30, icl_steps=600, icl_eval=1000,
+                     pretrain_lr=3e-3, pretrain_seconds=60.0, eval_iters=6, n_prompts=8, new_tokens=30, icl_steps=1000, icl_eval=1000,
                      finetune_steps=120, eval_every=20, edit_steps=60)
         return cls(**{**small, **changes})
 
@@ -216,6 +219,7 @@ def build_base(settings: Settings, out: Path, corpus_a: str | None = "shakespear
             f"batch_size={s.batch_size}", f"max_steps={s.pretrain_steps}", f"learning_rate={s.pretrain_lr}",
             f"min_lr={s.pretrain_lr / 10}", f"warmup_steps={min(100, s.pretrain_steps // 10)}",
             f"eval_interval={s.pretrain_steps}", f"eval_iters={s.eval_iters}", "checkpoint_interval=0",
+            f"time_budget={s.pretrain_seconds}",
             "keep_checkpoints=1", f"seed={s.seed}", f"device={s.device}", f"log_interval={max(1, s.pretrain_steps // 20)}",
         ])
         config = replace(config, data=replace(config.data, corpus=corpus_a, tokenizer=str(tokenizer_path)))
@@ -401,20 +405,23 @@ class CopyTask:
         return seq[:, :-1], seq[:, 1:]
 
 
-def train_task_model(task, steps: int, batch_size: int, width: int, seed: int, device, lr: float = 3e-3,
-                     progress: bool = True, desc: str = "task") -> GPT:
-    """A one-layer GPT trained on a synthetic task (AdamW, warmup + cosine, as the trainer does)."""
+def train_task_model(task, max_steps: int, batch_size: int, width: int, seed: int, device, lr: float = 3e-3,
+                     learned=None, check_every: int = 50, progress: bool = True, desc: str = "task") -> tuple[GPT, int]:
+    """A one-layer GPT trained on a synthetic task (AdamW, warmup + cosine, as the trainer does),
+    until `learned(model)` says so (checked every `check_every` steps) or for `max_steps`.
+    Returns (model, steps trained)."""
     config = ModelConfig(vocab_size=task.vocab_size, block_size=task.length, n_layer=1, n_head=4, n_embd=width,
                          positional="learned")
     torch.manual_seed(seed)
     model = GPT(config).to(device)
-    t = replace(load_config(None, []).train, learning_rate=lr, min_lr=lr / 10, max_steps=steps,
-                warmup_steps=min(50, steps // 10), weight_decay=0.0)
+    t = replace(load_config(None, []).train, learning_rate=lr, min_lr=lr / 10, max_steps=max_steps,
+                warmup_steps=min(50, max_steps // 10), weight_decay=0.0)
     optimizer = configure_adamw(model, t, device)
     rng = np.random.default_rng(seed)
-    bar = Progress(steps, desc=desc, enabled=progress)
-    model.train()
-    for step in range(steps):
+    bar = Progress(max_steps, desc=desc, enabled=progress)
+    step = 0
+    while step < max_steps:
+        model.train()
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, t)
         x, y = (torch.from_numpy(a).to(device) for a in task.train_batch(rng, batch_size))
@@ -423,11 +430,15 @@ def train_task_model(task, steps: int, batch_size: int, width: int, seed: int, d
         torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        if (step + 1) % 50 == 0 or step + 1 == steps:
-            bar.update(step + 1 - bar.n, loss=loss.item())
+        step += 1
+        if step % check_every == 0 or step == max_steps:
+            bar.update(step - bar.n, loss=loss.item())
+            model.eval()
+            if learned is not None and learned(model):
+                break
     bar.close()
     model.eval()
-    return model
+    return model, step
 
 
 @torch.no_grad()
@@ -498,25 +509,38 @@ def base_copy_sequences(data: TokenData, block_size: int, n: int, seed: int, n_s
 
 
 def in_context(settings: Settings, base: Base | None = None, progress: bool = True) -> dict:
+    """Train a one-layer model on each synthetic task until it has learned it (or icl_steps), then
+    measure with the context present, cleared, and replaced; hash the weights before and after."""
     s = settings
     device = pick_device(s.device)
     lookup = LookupTask()
-    lookup_model = train_task_model(lookup, s.icl_steps, s.icl_batch, s.icl_width, s.seed, device,
-                                    progress=progress, desc="in-context: lookup model")
+    def lookup_learned(model) -> bool:  # within 5% of an ideal reader, with every fact in context
+        acc = lookup_accuracy(model, lookup, 2000, s.seed + 100, points=(lookup.n_facts,))["accuracy"][0]  # held out
+        return acc >= 0.95 * lookup.best_accuracy(lookup.n_facts)
+
+    lookup_model, steps = train_task_model(lookup, s.icl_steps, s.icl_batch, s.icl_width, s.seed, device,
+                                           learned=lookup_learned, progress=progress, desc="in-context: lookup model")
     before = weight_hashes(lookup_model)
     result = {"lookup": lookup_accuracy(lookup_model, lookup, s.icl_eval, s.seed + 1)}
     result["lookup"]["weights_unchanged"] = weight_hashes(lookup_model) == before
-    result["lookup"]["model"] = {"n_layer": 1, "n_head": 4, "n_embd": s.icl_width, "steps": s.icl_steps,
-                                 "parameters": lookup_model.num_params()}
+    result["lookup"]["model"] = {"n_layer": 1, "n_head": 4, "n_embd": s.icl_width, "steps": steps,
+                                 "max_steps": s.icl_steps, "parameters": lookup_model.num_params()}
 
     copy_task = CopyTask()
-    copy_model = train_task_model(copy_task, max(100, s.icl_steps // 2), s.icl_batch, s.icl_width, s.seed, device,
-                                  progress=progress, desc="in-context: copy model")
+    check = copy_task.sequences(np.random.default_rng(s.seed + 101), 200)
+
+    def copy_learned(model) -> bool:
+        return copy_losses(model, check, copy_task.length_copy)["second_copy"] < 0.05
+
+    copy_model, steps = train_task_model(copy_task, s.icl_steps, s.icl_batch, s.icl_width, s.seed, device,
+                                         learned=copy_learned, progress=progress, desc="in-context: copy model")
     before = weight_hashes(copy_model)
     sequences = copy_task.sequences(np.random.default_rng(s.seed + 2), 500)
     result["copy"] = copy_losses(copy_model, sequences, copy_task.length_copy)
     result["copy"]["uniform_loss"] = math.log(copy_task.n_symbols)
     result["copy"]["weights_unchanged"] = weight_hashes(copy_model) == before
+    result["copy"]["model"] = {"n_layer": 1, "n_head": 4, "n_embd": s.icl_width, "steps": steps,
+                               "parameters": copy_model.num_params()}
     if base is not None:
         seqs, L = base_copy_sequences(base.data_a, base.model.config.block_size, 200, s.seed + 3)
         before = weight_hashes(base.model)
@@ -600,8 +624,13 @@ def _masked_loss(model, x, y, mask) -> float:
 
 
 def _layer_of(name: str) -> str:
+    """blocks.1.attention.qkv.weight → blocks.1.attention; blocks.1.norm_ffn.bias → blocks.1.norms;
+    token_embedding.weight → token_embedding."""
     parts = name.split(".")
-    return ".".join(parts[:2]) if parts[0] == "blocks" else parts[0]
+    if parts[0] != "blocks":
+        return parts[0]
+    part = "norms" if parts[2].startswith("norm") else parts[2]
+    return f"blocks.{parts[1]}.{part}"
 
 
 def relative_change_by_layer(before: dict[str, torch.Tensor], after: dict[str, torch.Tensor]) -> dict[str, float]:
@@ -630,6 +659,24 @@ def _greedy(model, tokenizer, prompt: str, n: int) -> str:
     return tokenizer.decode(list(generate(model, ids, SamplingSettings(max_new_tokens=n, temperature=0.0))))
 
 
+def check_fact(base: Base, settings: Settings) -> None:
+    """The fact and its paraphrase must be writable with the model's vocabulary and fit its context."""
+    s = settings
+    if not s.fact.endswith(s.fact_answer) or not s.fact_answer.strip():
+        raise ConfigError(f"the answer {s.fact_answer!r} must be the end of the fact sentence {s.fact!r}")
+    tokenizer = base.tokenizer
+    for text in (s.fact, s.paraphrase):
+        if isinstance(tokenizer, CharTokenizer):
+            missing = sorted({c for c in text if c not in tokenizer.chars})
+            if missing:
+                raise ConfigError(f"the sentence {text!r} uses characters the model's vocabulary lacks: {missing}; "
+                                  "write it with characters from the corpora")
+        n = len(tokenizer.encode(text))
+        if n - 1 > base.model.config.block_size:
+            raise ConfigError(f"the sentence {text!r} is {n} tokens, longer than the model's context "
+                              f"({base.model.config.block_size} + 1); use a shorter --fact / --paraphrase")
+
+
 def targeted_edit(base: Base, settings: Settings, watch: dict[str, list], progress: bool = True) -> dict:
     """Teach one new fact by gradient steps on that one sentence (the loss of its answer, given the
     rest: "The capital of Elbonia is" → "Quixville."), with every weight (full) and with LoRA, until
@@ -637,17 +684,11 @@ def targeted_edit(base: Base, settings: Settings, watch: dict[str, list], progre
     Follow the fact's loss, a paraphrase's, and held-out loss on A and B; then count changed
     predictions on held-out text and measure which layers moved."""
     s = settings
+    check_fact(base, s)
+    curve_batches = {k: b[: s.edit_eval_batches] for k, b in watch.items()}
     tokenizer = base.tokenizer
-    for text in (s.fact, s.paraphrase):
-        missing = sorted({c for c in text if isinstance(tokenizer, CharTokenizer) and c not in tokenizer.chars})
-        if missing:
-            raise ConfigError(f"the fact sentence {text!r} uses characters the model's vocabulary lacks: {missing}; "
-                              "write it with characters from the corpora")
     device = base.model.token_embedding.weight.device
     x, y, answer_mask = _sentence_batch(tokenizer, s.fact, s.fact_answer, device)
-    if x.shape[1] > base.model.config.block_size:
-        raise ConfigError(f"the fact sentence is {x.shape[1] + 1} tokens, longer than the model's context "
-                          f"({base.model.config.block_size}); use a shorter sentence")
     y_answer = y.masked_fill(~answer_mask, -100)  # teach the answer, given the rest of the sentence
     px, py, p_mask = _sentence_batch(tokenizer, s.paraphrase, s.paraphrase, device)
     prompt = s.fact[: len(s.fact) - len(s.fact_answer)]
@@ -656,16 +697,16 @@ def targeted_edit(base: Base, settings: Settings, watch: dict[str, list], progre
     def measure(model, step: int) -> dict:
         return {"step": step, "fact_answer_loss": _masked_loss(model, x, y, answer_mask),
                 "paraphrase_loss": _masked_loss(model, px, py, p_mask),
-                **{f"{k}_loss": evaluate(model, b, None, device) for k, b in watch.items()}}
+                **{f"{k}_loss": evaluate(model, b, None, device) for k, b in curve_batches.items()}}
 
-    runs = {}
-    for kind, lr in (("full", s.edit_lr), ("lora", s.edit_lora_lr)):
+    runs = []
+    for kind, lr in [("full", lr) for lr in s.edit_lrs] + [("lora", lr) for lr in s.edit_lora_lrs]:
         model = copy.deepcopy(base.model)
         if kind == "lora":
             add_lora(model, r=s.lora_r, alpha=s.lora_alpha)
         optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=0.0)
         history = [measure(model, 0)]
-        bar = Progress(s.edit_steps, desc=f"edit ({kind})", enabled=progress)
+        bar = Progress(s.edit_steps, desc=f"edit ({kind}, lr {lr:g})", enabled=progress)
         step = 0
         while step < s.edit_steps and history[-1]["fact_answer_loss"] > s.edit_target_loss:
             model.train()
@@ -686,18 +727,18 @@ def targeted_edit(base: Base, settings: Settings, watch: dict[str, list], progre
         by_layer = relative_change_by_layer(base_weights, edited)
         if kind == "lora":
             unmerge_lora(model)
-        runs[kind] = {
-            "lr": lr, "steps": step, "reached_target": history[-1]["fact_answer_loss"] <= s.edit_target_loss,
+        runs.append({
+            "kind": kind, "lr": lr, "steps": step, "reached_target": history[-1]["fact_answer_loss"] <= s.edit_target_loss,
             "history": history, "before": history[0], "after": history[-1],
             "changed_predictions_A": _changed_predictions(base.model, model, watch["A"]),
             "changed_predictions_B": _changed_predictions(base.model, model, watch["B"]),
             "relative_change_by_layer": by_layer,
-            "completion_before": _greedy(base.model, tokenizer, prompt, len(s.fact_answer)),
             "completion_after": _greedy(model, tokenizer, prompt, len(s.fact_answer)),
             "trainable_parameters": trainable_parameters(model),
-        }
+        })
     return {"fact": s.fact, "answer": s.fact_answer, "paraphrase": s.paraphrase, "prompt": prompt,
-            "target_loss": s.edit_target_loss, **runs}
+            "target_loss": s.edit_target_loss, "completion_before": _greedy(base.model, tokenizer, prompt, len(s.fact_answer)),
+            "runs": runs}
 
 
 # ---- plots --------------------------------------------------------------------------------
@@ -710,8 +751,10 @@ def plot_lookup(r: dict, path: Path) -> Path:
     ax.axhline(r["chance"], color="black", lw=0.8, ls=":", label=f"chance (1/{round(1 / r['chance'])})")
     ax.plot([n[-1]], [r["cleared_context_accuracy"]], "rx", ms=10, mew=2,
             label=f"same queries, context cleared ({r['cleared_context_accuracy']:.2f})")
+    ax.plot([n[-1]], [r["other_context_accuracy_vs_new_answers"]], "^", color="green", mfc="none", ms=9,
+            label=f"another list in context, its answers ({r['other_context_accuracy_vs_new_answers']:.2f})")
     ax.plot([n[-1]], [r["other_context_accuracy_vs_old_answers"]], "s", color="orange", mfc="none", ms=9,
-            label=f"another list in context, old answers ({r['other_context_accuracy_vs_old_answers']:.2f})")
+            label=f"another list in context, the old answers ({r['other_context_accuracy_vs_old_answers']:.2f})")
     ax.set_xscale("symlog", linthresh=1)
     ax.set_xticks(n)
     ax.set_xticklabels([str(v) for v in n])
@@ -751,32 +794,34 @@ def plot_forgetting(full: dict, lora: dict | None, path: Path, names: tuple[str,
     return save_figure(fig, path)
 
 
-def plot_edit(edit: dict, path_loss: Path, path_layers: Path) -> tuple[Path, Path]:
-    fig, ax = new_figure("Teaching one fact: its loss vs held-out text", "gradient step on the fact sentence",
-                         "loss (nats/token)")
-    for kind, style in (("full", "-"), ("lora", "--")):
-        h = edit[kind]["history"]
-        steps = [p["step"] for p in h]
-        ax.plot(steps, [p["fact_answer_loss"] for p in h], style, color="C2", marker="o", ms=3,
-                label=f"the fact's answer ({kind})")
-        for name, color in (("A", "C3"), ("B", "C0")):
-            ax.plot(steps, [p[f"{name}_loss"] for p in h], style, color=color, marker="s", ms=3,
-                    label=f"held-out {name} ({kind})")
-    ax.axhline(edit["target_loss"], color="gray", lw=0.8, ls=":", label="target for the fact")
+def plot_edit(edit: dict, path_tradeoff: Path, path_layers: Path) -> tuple[Path, Path]:
+    fig, ax = new_figure("Teaching one fact: how far it is learned vs how far held-out text moves",
+                         "loss of the fact's answer (nats/token; learned → right)", "change of held-out loss on A (nats/token)")
+    for i, run in enumerate(edit["runs"]):
+        h = run["history"]
+        style = "-" if run["kind"] == "full" else "--"
+        ax.plot([p["fact_answer_loss"] for p in h], [p["A_loss"] - h[0]["A_loss"] for p in h], style, marker="o", ms=3,
+                color=f"C{i}", label=f"{run['kind']}, lr {run['lr']:g}: {run['steps']} steps")
+    ax.axvline(edit["target_loss"], color="gray", lw=0.8, ls=":", label="target for the fact")
+    ax.axhline(0, color="black", lw=0.8)
+    ax.set_xscale("log")
+    ax.invert_xaxis()
+    ax.legend(fontsize=8)
+    save_figure(fig, path_tradeoff)
+
+    layers = list(edit["runs"][0]["relative_change_by_layer"])
+    fig, ax = new_figure("Which weights each edit changed (no bar: unchanged)", "", "‖ΔW‖ / ‖W‖", figsize=(9, 4.8))
+    xs = np.arange(len(layers))
+    width = 0.8 / len(edit["runs"])
+    for i, run in enumerate(edit["runs"]):
+        ax.bar(xs - 0.4 + (i + 0.5) * width, [run["relative_change_by_layer"].get(k, 0.0) for k in layers], width,
+               color=f"C{i}", label=f"{run['kind']}{' (merged)' if run['kind'] == 'lora' else ''}, lr {run['lr']:g}")
+    ax.set_xticks(xs)
+    ax.set_xticklabels(layers, rotation=40, ha="right", fontsize=8)
     ax.set_yscale("log")
     ax.legend(fontsize=8)
-    save_figure(fig, path_loss)
-
-    layers = list(edit["full"]["relative_change_by_layer"])
-    fig, ax = new_figure("Which layers the edit changed", "layer", "‖ΔW‖ / ‖W‖", figsize=(8, 4.5))
-    xs = np.arange(len(layers))
-    ax.bar(xs - 0.2, [edit["full"]["relative_change_by_layer"][k] for k in layers], 0.4, label="full")
-    ax.bar(xs + 0.2, [edit["lora"]["relative_change_by_layer"].get(k, 0.0) for k in layers], 0.4, label="LoRA (merged)")
-    ax.set_xticks(xs)
-    ax.set_xticklabels(layers, rotation=30, ha="right", fontsize=8)
-    ax.legend()
     save_figure(fig, path_layers)
-    return path_loss, path_layers
+    return path_tradeoff, path_layers
 
 
 # ---- verdicts and the report ----------------------------------------------------------------
@@ -811,29 +856,30 @@ def verdicts(results: dict) -> dict[str, str]:
                            f"B's loss {r['B_before']:.3f} → {r['B_after']:.3f} and push A's {r['A_before']:.3f} → "
                            f"{r['A_after']:.3f} ({r['A_increase']:+.3f} nats/token).")
     if "lora" in results:
-        r = results["lora"]
-        f = results.get("forgetting")
-        helps = f is not None and r["A_increase"] < f["A_increase"]
-        isolated = r["A_increase"] <= 0.01
-        v["lora"] = (f"{'Supported' if helps and not isolated else 'NOT supported' if not helps else 'Partly supported'}: "
-                     f"LoRA trains {r['trainable_parameters']:,} parameters "
+        r, f = results["lora"], results["forgetting"]
+        if f["A_increase"] <= 0.01:
+            verdict, tail = "Not testable here", "full fine-tuning did not raise A's loss either."
+        elif r["A_increase"] <= 0.01:
+            verdict, tail = "NOT supported", "LoRA left A's loss where it was: no forgetting here."
+        elif r["A_increase"] < f["A_increase"]:
+            verdict, tail = "Supported", "less forgetting than full fine-tuning, but not none."
+        else:
+            verdict, tail = "NOT supported", "no less forgetting than full fine-tuning here."
+        v["lora"] = (f"{verdict}: LoRA trains {r['trainable_parameters']:,} parameters "
                      f"({100 * r['trainable_parameters'] / r['full_trainable_parameters']:.1f}% of full), its adapter is "
                      f"{r['adapter_bytes'] / 1024:.0f} KiB vs {r['full_weights_bytes'] / 1024:.0f} KiB; it lowers B's loss by "
-                     f"{r['B_decrease']:.3f} (full: {f['B_decrease']:.3f}) and raises A's by {r['A_increase']:+.3f} "
-                     f"(full: {f['A_increase']:+.3f}) — " + ("less forgetting, but not none." if helps and not isolated
-                                                           else "no forgetting at all here." if isolated
-                                                           else "no less forgetting than full fine-tuning here."))
+                     f"{r['B_decrease']:.3f} (full: {f['B_decrease']:.3f}) and changes A's by {r['A_increase']:+.3f} "
+                     f"(full: {f['A_increase']:+.3f}): {tail}")
     if "edit" in results:
         r = results["edit"]
         parts = []
-        ok = True
-        for kind in ("full", "lora"):
-            e = r[kind]
-            ripple = e["after"]["A_loss"] - e["before"]["A_loss"]
-            ok = ok and e["after"]["fact_answer_loss"] < e["before"]["fact_answer_loss"] and e["changed_predictions_A"] > 0
-            parts.append(f"{kind} ({e['steps']} steps): the answer's loss {e['before']['fact_answer_loss']:.2f} → "
-                         f"{e['after']['fact_answer_loss']:.3f} nats, held-out A {ripple:+.3f} nats, "
-                         f"{100 * e['changed_predictions_A']:.1f}% of A's next-token predictions changed")
+        learned = [run for run in r["runs"] if run["after"]["fact_answer_loss"] < run["before"]["fact_answer_loss"]]
+        ok = bool(learned) and all(run["changed_predictions_A"] > 0 for run in learned)
+        for run in r["runs"]:
+            ripple = run["after"]["A_loss"] - run["before"]["A_loss"]
+            parts.append(f"{run['kind']} at lr {run['lr']:g}, {run['steps']} steps: the answer's loss "
+                         f"{run['before']['fact_answer_loss']:.2f} → {run['after']['fact_answer_loss']:.3f}, held-out A "
+                         f"{ripple:+.3f}, {100 * run['changed_predictions_A']:.1f}% of A's predictions changed")
         v["edit"] = f"{'Supported' if ok else 'NOT supported'}: " + "; ".join(parts) + "."
     return v
 
@@ -847,8 +893,8 @@ def write_outputs(results: dict, out: Path, info: dict) -> dict:
         plots["forgetting"] = str(plot_forgetting(results["forgetting"], results.get("lora"), out / "forgetting.png",
                                                   (info["corpus_a"], info["corpus_b"])))
     if "edit" in results:
-        a, b = plot_edit(results["edit"], out / "edit_loss.png", out / "edit_layers.png")
-        plots["edit_loss"], plots["edit_layers"] = str(a), str(b)
+        a, b = plot_edit(results["edit"], out / "edit_tradeoff.png", out / "edit_layers.png")
+        plots["edit_tradeoff"], plots["edit_layers"] = str(a), str(b)
     claims = verdicts(results)
     document = {"info": info, "verdicts": claims, "plots": plots, "results": results}
     atomic_write_json(out / "results.json", document)
@@ -899,22 +945,21 @@ def _report_sections(results: dict, claims: dict, info: dict) -> list[tuple[str,
               f"unmerging restores every weight exactly: {r['unmerge_restores_weights_exactly']}."))
     if "edit" in results:
         r = results["edit"]
-        rows = []
-        for kind in ("full", "lora"):
-            e = r[kind]
-            rows.append([kind, e["lr"], e["steps"], e["before"]["fact_answer_loss"], e["after"]["fact_answer_loss"],
-                         e["before"]["paraphrase_loss"], e["after"]["paraphrase_loss"],
-                         e["after"]["A_loss"] - e["before"]["A_loss"], e["after"]["B_loss"] - e["before"]["B_loss"],
-                         e["changed_predictions_A"], repr(e["completion_after"])])
-        top = sorted(r["full"]["relative_change_by_layer"].items(), key=lambda kv: -kv[1])[:3]
+        rows = [[run["kind"], run["lr"], run["steps"], run["before"]["fact_answer_loss"], run["after"]["fact_answer_loss"],
+                 run["before"]["paraphrase_loss"], run["after"]["paraphrase_loss"],
+                 run["after"]["A_loss"] - run["before"]["A_loss"], run["after"]["B_loss"] - run["before"]["B_loss"],
+                 run["changed_predictions_A"], repr(run["completion_after"])] for run in r["runs"]]
+        first = r["runs"][0]
+        top = sorted(first["relative_change_by_layer"].items(), key=lambda kv: -kv[1])[:3]
         sections.append(("5. Targeted edit and ripple damage", claims["edit"] + "\n\n"
-                         + f"Fact: {r['fact']!r}; before the edit the model continues {r['prompt']!r} with "
-                           f"{r['full']['completion_before']!r}.\n\n"
+                         + f"Fact: {r['fact']!r}; before any edit the model continues {r['prompt']!r} with "
+                           f"{r['completion_before']!r}. Each edit stops once the answer costs under "
+                           f"{r['target_loss']:g} nats/token.\n\n"
                          + table(["edit", "lr", "steps", "answer loss before", "after", "paraphrase before", "after",
                                   "A loss change", "B loss change", "A predictions changed", "completion after"], rows)
-                         + "\n\nLayers changed most by the full edit (‖ΔW‖/‖W‖): "
+                         + f"\n\nWeights changed most by the {first['kind']} edit at lr {first['lr']:g} (‖ΔW‖/‖W‖): "
                          + ", ".join(f"{k} {v:.2e}" for k, v in top)
-                         + "\n\n![edit](edit_loss.png)\n![layers](edit_layers.png)"))
+                         + "\n\n![edit](edit_tradeoff.png)\n![layers](edit_layers.png)"))
     return sections
 
 
@@ -941,6 +986,8 @@ def run_lab(settings: Settings, out: str | Path = "runs/memory", only=EXPERIMENT
         base = build_base(settings, out, corpus_a, corpus_b if needs_b else None, run, progress)
         seconds["base"] = time.perf_counter() - t0
     say = print if progress else (lambda *a, **k: None)
+    if "edit" in only:
+        check_fact(base, settings)  # before spending time on the other experiments
 
     if "frozen" in only:
         t0 = time.perf_counter()
@@ -977,9 +1024,10 @@ def run_lab(settings: Settings, out: str | Path = "runs/memory", only=EXPERIMENT
                                             "B": val_batches(base, base.data_b, settings.seed + 12)}
         results["edit"] = targeted_edit(base, settings, watch, progress)
         seconds["edit"] = time.perf_counter() - t0
-        e = results["edit"]["full"]
-        say(f"edit: fact loss {e['before']['fact_answer_loss']:.2f} → {e['after']['fact_answer_loss']:.3f}, "
-            f"A loss {e['before']['A_loss']:.3f} → {e['after']['A_loss']:.3f}")
+        for e in results["edit"]["runs"]:
+            say(f"edit ({e['kind']}, lr {e['lr']:g}): fact loss {e['before']['fact_answer_loss']:.2f} → "
+                f"{e['after']['fact_answer_loss']:.3f} in {e['steps']} steps, A loss {e['before']['A_loss']:.3f} → "
+                f"{e['after']['A_loss']:.3f}")
 
     info = {"mode": mode, "seed": settings.seed, "device": str(pick_device(settings.device)),
             "settings": asdict(settings), "experiments": only, "seconds": time.perf_counter() - start,
@@ -1001,6 +1049,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=1337)
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N, mps")
     parser.add_argument("--steps", type=int, help="fine-tuning steps (full and LoRA)")
+    parser.add_argument("--fact", help=f"the sentence the edit teaches (default {Settings.fact!r})")
+    parser.add_argument("--answer", help=f"the end of --fact that is the fact's payload (default {Settings.fact_answer!r})")
+    parser.add_argument("--paraphrase", help=f"the fact said another way, only measured (default {Settings.paraphrase!r})")
 
 
 def run(args) -> int:
@@ -1013,6 +1064,11 @@ def run(args) -> int:
         if args.steps < 1:
             raise GroundupError(f"--steps must be at least 1, got {args.steps}")
         changes["finetune_steps"] = args.steps
+    for name, field_name in (("fact", "fact"), ("answer", "fact_answer"), ("paraphrase", "paraphrase")):
+        if getattr(args, name) is not None:
+            changes[field_name] = getattr(args, name)
+    if args.fact is not None and args.answer is None:
+        raise GroundupError("with --fact, say which end of it is the answer: --answer 'WORDS.'")
     settings = Settings.quick(**changes) if args.quick else Settings(**changes)
     document = run_lab(settings, args.out, only, run=args.run, corpus_a=args.corpus_a, corpus_b=args.corpus_b,
                        mode="quick" if args.quick else "default")
