@@ -21,8 +21,8 @@ Five claims, each turned into a measurement (`groundup lab memory`, or the funct
 Results go to runs/memory/ (or --out): results.json, one PNG per plot, report.md.
 
 Tokens: both domains must be written with one vocabulary. Shakespeare has 76 distinct characters,
-the Python docs 103, and 28 of those (`#`, `{`, `}`, `_`, `“`, …) never occur in Shakespeare. The lab's own
-base model uses a character vocabulary built over *both* corpora, so nothing is dropped or replaced:
+the Python docs 103, and 28 of those (`#`, `{`, `}`, `_`, `“`, …) never occur in Shakespeare. The
+lab's own base model uses a character vocabulary built over *both* corpora, so nothing is dropped or replaced:
 pretraining on A simply never sees B's extra characters. A plugged-in character-level run is
 extended the same way (new embedding rows for the new characters, initialised like the rest); a
 byte-level BPE run already covers every text.
@@ -115,14 +115,15 @@ class Settings:
     @classmethod
     def quick(cls, **changes) -> "Settings":
         small = dict(n_layer=2, n_head=2, n_embd=64, block_size=64, batch_size=16, pretrain_steps=250,
-                     pretrain_lr=3e-3, pretrain_seconds=60.0, eval_iters=6, n_prompts=8, new_tokens=30, icl_steps=1000, icl_eval=1000,
-                     finetune_steps=120, eval_every=20, edit_steps=60)
+                     pretrain_lr=3e-3, pretrain_seconds=60.0, eval_iters=6, n_prompts=8, new_tokens=30,
+                     icl_steps=1000, icl_eval=1000, finetune_steps=120, eval_every=20, edit_steps=60)
         return cls(**{**small, **changes})
 
 
 # ---- shared pieces ------------------------------------------------------------------------------
 def tensor_sha256(tensor: torch.Tensor) -> str:
-    return hashlib.sha256(tensor.detach().cpu().contiguous().numpy().tobytes()).hexdigest()
+    """SHA-256 of a tensor's bytes (any dtype, bfloat16 included)."""
+    return hashlib.sha256(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()).hexdigest()
 
 
 def weight_hashes(model: nn.Module) -> dict[str, str]:
@@ -973,6 +974,8 @@ def run_lab(settings: Settings, out: str | Path = "runs/memory", only=EXPERIMENT
     unknown = set(only) - set(EXPERIMENTS)
     if unknown or not only:
         raise ConfigError(f"unknown experiment(s) {sorted(unknown)}; choose from {', '.join(EXPERIMENTS)}")
+    if "edit" in only and not (settings.fact.endswith(settings.fact_answer) and settings.fact_answer.strip()):
+        raise ConfigError(f"the answer {settings.fact_answer!r} must be the end of the fact sentence {settings.fact!r}")
     needs_b = any(e in only for e in ("forgetting", "lora", "edit"))
     if needs_b and not corpus_b:
         raise ConfigError("the forgetting, lora and edit experiments need a second domain: pass --corpus-b")
@@ -1046,7 +1049,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="runs/memory", help="where results.json, the plots and report.md go")
     parser.add_argument("--only", action="append", metavar="EXPERIMENT",
                         help=f"run only these (repeatable or comma-separated): {', '.join(EXPERIMENTS)}")
-    parser.add_argument("--seed", type=int, default=1337)
+    parser.add_argument("--seed", type=int, default=1337, help="seeds every model, batch and sample")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N, mps")
     parser.add_argument("--steps", type=int, help="fine-tuning steps (full and LoRA)")
     parser.add_argument("--fact", help=f"the sentence the edit teaches (default {Settings.fact!r})")

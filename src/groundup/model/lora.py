@@ -169,7 +169,7 @@ def base_fingerprint(model: nn.Module) -> str:
             continue
         tensor = originals.get(name, tensor)
         digest.update(name.encode() + b"\0")
-        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
 
 
