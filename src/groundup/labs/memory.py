@@ -230,7 +230,8 @@ def build_base(settings: Settings, out: Path, corpus_a: str | None = "shakespear
         result = train(config, run_dir, progress=progress)
         model, config = result.model, result.config
         note = (f"base model: {model.num_params() / 1e6:.2f}M parameters pretrained here on {corpus_a!r} for "
-                f"{result.step} steps (val loss {result.val_loss:.3f}), character vocabulary of {tokenizer.vocab_size} "
+                f"{result.step} steps (val loss {result.val_loss if result.val_loss is None else round(result.val_loss, 3)}), "
+                f"character vocabulary of {tokenizer.vocab_size} "
                 f"built over both domains")
     data_a = encode_domain(text_a, tokenizer, config.data.val_fraction)
     data_b = encode_domain(text_b, tokenizer, config.data.val_fraction) if text_b else None
