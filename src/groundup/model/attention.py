@@ -53,14 +53,17 @@ class CausalSelfAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0, start: int = 0) -> torch.Tensor:
         B, T, C = x.shape
-        queries, keys, values = self.qkv(x).split(C, dim=2)  # each (B, T, C)
-        # Split the width into n_head heads of d_k dimensions: (B, T, C) → (B, nh, T, d_k)
-        queries = queries.view(B, T, self.n_head, self.d_k).transpose(1, 2)
-        keys = keys.view(B, T, self.n_head, self.d_k).transpose(1, 2)
-        values = values.view(B, T, self.n_head, self.d_k).transpose(1, 2)
-        if self.rope:
-            cos, sin = self.rope_cos[start : start + T], self.rope_sin[start : start + T]
-            queries, keys = apply_rope(queries, cos, sin), apply_rope(keys, cos, sin)
+        # One matmul makes queries, keys and values; split the width into n_head heads of d_k.
+        qkv = self.qkv(x).view(B, T, 3, self.n_head, self.d_k)  # (B, T, 3, nh, d_k)
+        if self.rope:  # rotate queries and keys together, by their positions start..start+T-1
+            cos = self.rope_cos[start : start + T, None, None, :]  # (T, 1, 1, d_k/2)
+            sin = self.rope_sin[start : start + T, None, None, :]
+            queries, keys = apply_rope(qkv[:, :, :2], cos, sin).unbind(2)
+        else:
+            queries, keys = qkv[:, :, 0], qkv[:, :, 1]
+        values = qkv[:, :, 2]
+        # (B, T, nh, d_k) → (B, nh, T, d_k): each head attends over the positions on its own
+        queries, keys, values = (t.transpose(1, 2) for t in (queries, keys, values))
         if cache is not None:
             keys, values = cache.store(layer, keys, values, start)  # (B, nh, start+T, d_k)
         S = keys.shape[2]  # number of positions attended to

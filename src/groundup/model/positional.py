@@ -57,7 +57,7 @@ def rope_tables(block_size: int, head_size: int, base: float = 10000.0) -> tuple
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """Rotate each pair (x_i, x_{i+d/2}) by its angle: (x1·cos − x2·sin, x1·sin + x2·cos).
 
-    x: (B, nh, T, d); cos, sin: (T, d/2) for the positions of x.
+    x: (..., d); cos, sin: the angles of x's positions, broadcastable to (..., d/2).
     """
     x1, x2 = x.chunk(2, dim=-1)
     cos, sin = cos.to(x.dtype), sin.to(x.dtype)
