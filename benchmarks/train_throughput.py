@@ -62,9 +62,13 @@ def main() -> None:
     p.add_argument("--vocab", type=int, default=76, help="76 = the char vocabulary of the Shakespeare corpus")
     p.add_argument("--positional", default="learned", help="ours: learned (as HF), sinusoidal or rope")
     p.add_argument("--threads", type=int, default=0, help="torch threads for both (0 = torch's default)")
+    p.add_argument("--default-malloc", action="store_true", help="leave glibc malloc's thresholds alone (groundup train raises them)")
     p.add_argument("--compile", action="store_true", help="also measure ours under torch.compile")
     p.add_argument("--activation", default="gelu", choices=["gelu", "relu"], help="both models (gelu = tanh form)")
     args = p.parse_args()
+    from groundup.util.device import keep_freed_memory
+    if not args.default_malloc:  # process-wide, so it applies to both models alike
+        print(f"glibc malloc keeps freed memory, as groundup train does: {keep_freed_memory()}")
     if args.threads:
         torch.set_num_threads(args.threads)
 
