@@ -411,15 +411,21 @@ def _train(config: RunConfig, run_dir: Path, resume: bool, progress: bool, info:
         if stopped_by == "diverged":
             print(f"error: {report}", file=sys.stderr, flush=True)
         elif progress:
-            why = {"max_steps": "reached max_steps", "time_budget": f"time budget of {t.time_budget:g} s used",
-                   "signal": f"stopped by {stop.received}"}[stopped_by]
-            print(f"done: step {step} ({why}) in {elapsed:.1f} s; val loss {val_loss:.4f}; wrote {run_dir}/", flush=True)
-            if stopped_by != "max_steps":
-                print(f"resume with: groundup train --resume {run_dir}", flush=True)
+            print_done(run_dir, step, stopped_by, elapsed, val_loss, t.time_budget, stop.received)
     return TrainResult(run_dir, step, val_loss, train_loss,
                        tokens_per_s=(step * tokens_per_step / (elapsed + elapsed_before)) if elapsed > 0 else 0.0,
                        seconds=elapsed, model=model, config=config, stopped_by=stopped_by, report=report,
                        rollbacks=len(guard.rollbacks))
+
+
+def print_done(run_dir: Path, step: int, stopped_by: str, elapsed: float, val_loss: float,
+               time_budget: float, signal: str | None) -> None:
+    """The last lines of a run (either engine): why it stopped, and how to resume if it can go on."""
+    why = {"max_steps": "reached max_steps", "time_budget": f"time budget of {time_budget:g} s used",
+           "signal": f"stopped by {signal}"}[stopped_by]
+    print(f"done: step {step} ({why}) in {elapsed:.1f} s; val loss {val_loss:.4f}; wrote {run_dir}/", flush=True)
+    if stopped_by != "max_steps":
+        print(f"resume with: groundup train --resume {run_dir}", flush=True)
 
 
 def _should_stop_for_time(elapsed: float, budget: float, info: DistInfo, device) -> bool:

@@ -34,7 +34,7 @@ from groundup.report.plots import plot_loss_curves
 from groundup.train import checkpoint as ckpt
 from groundup.train.optim import decays
 from groundup.train.schedule import lr_at
-from groundup.train.trainer import TrainResult, StopSignal, fixed_batches, load_data, resolve_vocab
+from groundup.train.trainer import StopSignal, TrainResult, fixed_batches, load_data, print_done, resolve_vocab
 from groundup.util.metrics import MetricsLogger, read_metrics
 from groundup.util.progress import Progress, warn as progress_warn
 
@@ -186,11 +186,7 @@ def train(config: RunConfig, run_dir: str | Path, resume: bool = False, progress
     save(step, elapsed + elapsed_before)
     plot_loss_curves(read_metrics(run_dir / "metrics.jsonl"), run_dir / "loss.png", title=f"{run_dir.name}: learning curves")
     if progress:
-        why = {"max_steps": "reached max_steps", "time_budget": f"time budget of {t.time_budget:g} s used",
-               "signal": f"stopped by {stop.received}"}[stopped_by]
-        print(f"done: step {step} ({why}) in {elapsed:.1f} s; val loss {val_loss:.4f}; wrote {run_dir}/", flush=True)
-        if stopped_by != "max_steps":
-            print(f"resume with: groundup train --resume {run_dir}", flush=True)
+        print_done(run_dir, step, stopped_by, elapsed, val_loss, t.time_budget, stop.received)
     return TrainResult(run_dir, step, val_loss, train_loss,
                        tokens_per_s=(step * tokens_per_step / (elapsed + elapsed_before)) if elapsed > 0 else 0.0,
                        seconds=elapsed, model=to_torch(model), config=config, stopped_by=stopped_by)
