@@ -164,4 +164,11 @@ def prepare_cached(corpus: str, tokenizer: str = "char", vocab_size: int = 4096,
     cache = cache_dir or default_cache_dir()
     text = load_corpus(corpus, errors=errors)
     tok = build_tokenizer(tokenizer, text, vocab_size, pattern, cache)
-    return prepare(text, tok, cache / "data" / f"{text.name}-{tok.kind}-{tok.fingerprint[:16]}", val_fraction)
+    return prepare_in_cache(text, tok, val_fraction, cache)
+
+
+def prepare_in_cache(text, tokenizer, val_fraction: float = 0.1, cache_dir: Path | None = None) -> TokenData:
+    """Token files for a loaded corpus and a built tokenizer, kept under the cache directory by
+    corpus name + tokenizer fingerprint, so a changed tokenizer never reuses stale ids."""
+    cache = cache_dir or default_cache_dir()
+    return prepare(text, tokenizer, cache / "data" / f"{text.name}-{tokenizer.kind}-{tokenizer.fingerprint[:16]}", val_fraction)

@@ -45,8 +45,8 @@ import torch
 from torch import nn
 
 from groundup.config import ModelConfig, RunConfig, load_config
-from groundup.data import BatchSampler, TokenData, load_corpus, prepare
-from groundup.data.tokens import default_cache_dir
+from groundup.data import BatchSampler, TokenData, load_corpus
+from groundup.data.tokens import prepare_in_cache
 from groundup.errors import ConfigError, GroundupError
 from groundup.model import GPT
 from groundup.model.lora import (
@@ -139,8 +139,7 @@ def shared_char_tokenizer(*corpora) -> CharTokenizer:
 
 def encode_domain(corpus, tokenizer: Tokenizer, val_fraction: float = 0.1) -> TokenData:
     """A corpus → train/val token files (cached, reused while corpus and tokenizer are unchanged)."""
-    directory = default_cache_dir() / "data" / f"{corpus.name}-{tokenizer.kind}-{tokenizer.fingerprint[:16]}"
-    return prepare(corpus, tokenizer, directory, val_fraction)
+    return prepare_in_cache(corpus, tokenizer, val_fraction)
 
 
 def extend_char_vocabulary(model: GPT, tokenizer: CharTokenizer, texts: list[str]) -> tuple[GPT, CharTokenizer, str]:
