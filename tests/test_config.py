@@ -44,6 +44,7 @@ def test_overrides_by_name_or_section_and_toml_values():
         ("n_head=3", "divisible by model.n_head"),
         ("min_lr=1", "must not exceed"),
         ("engine=jax", "train.engine must be"),
+        ("parallel=zero3", "train.parallel must be"),
         ("nonsense", "expects key=value"),
     ],
 )

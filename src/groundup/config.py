@@ -112,6 +112,7 @@ class TrainConfig:
     device: str = "auto"  # auto (cuda, else mps, else cpu) | cpu | cuda | cuda:N | mps
     dtype: str = "auto"  # auto (bf16 autocast on CUDA, else fp32) | float32 | bfloat16 | float64
     compile: bool = False  # torch.compile the model
+    parallel: str = "ddp"  # under torchrun: ddp (a full replica per rank) | fsdp (weights, grads, Adam sharded)
     threads: int = 0  # CPU threads for torch; 0 = torch's default
     # guards (see groundup/train/guards.py): a non-finite step is always skipped
     max_bad_steps: int = 3  # this many non-finite steps in a row → roll back to the last good checkpoint
@@ -135,6 +136,7 @@ class TrainConfig:
         _check(self.spike_factor == 0 or self.spike_factor > 1,
                f"train.spike_factor must be > 1 (or 0 to turn spike detection off), got {self.spike_factor}")
         _check(0 < self.lr_backoff <= 1, f"train.lr_backoff must be in (0, 1], got {self.lr_backoff}")
+        _check(self.parallel in ("ddp", "fsdp"), f"train.parallel must be 'ddp' or 'fsdp', got {self.parallel!r}")
         _check(self.dtype in ("auto", "float32", "bfloat16", "float16", "float64"),
                f"train.dtype must be auto, float32, bfloat16, float16 or float64, got {self.dtype!r}")
 

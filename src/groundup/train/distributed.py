@@ -5,13 +5,16 @@ wraps the model in DistributedDataParallel: every rank draws its own windows (se
 gradients are averaged across ranks in backward, and only rank 0 writes files. Backend: NCCL on
 CUDA, gloo on CPU.
 
-Models too big for one GPU need their weights sharded too (FSDP, `torch.distributed.fsdp.
-fully_shard`): each rank keeps 1/N of the parameters, gradients and optimizer state and gathers a
-layer's weights just before using it. See docs/distributed.md.
+Models too big for one GPU need their weights sharded too: with `parallel = "fsdp"` the trainer
+applies FSDP (`torch.distributed.fsdp.fully_shard`) instead: each rank keeps 1/N of every parameter,
+gradient and AdamW moment (as DTensor shards) and all-gathers a block's weights just before using
+it. Checkpoints stay the same files: `gather` makes full tensors for rank 0 to write, and
+`shard_like` cuts a loaded full tensor back into this rank's shard. See docs/distributed.md.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 
@@ -70,6 +73,23 @@ def broadcast_object(obj, info: DistInfo):
     return box[0]
 
 
+@contextlib.contextmanager
+def skip_gradient_sync(model, skip: bool):
+    """Accumulate this micro-batch's gradients locally, without the all-reduce (DDP) or
+    reduce-scatter (FSDP); the last micro-batch of a step syncs everything accumulated."""
+    if not skip:
+        yield
+    elif hasattr(model, "no_sync"):  # DistributedDataParallel
+        with model.no_sync():
+            yield
+    else:  # fully_shard
+        model.set_requires_gradient_sync(False)
+        try:
+            yield
+        finally:
+            model.set_requires_gradient_sync(True)
+
+
 def weights_in_sync(tensors: dict[str, torch.Tensor], info: DistInfo) -> bool:
     """True when every rank holds bit-identical weights (compares a SHA-256 of each rank's bytes)."""
     import hashlib
@@ -90,3 +110,40 @@ def shutdown(info: DistInfo) -> None:
     created again after it is destroyed, so a caller that trains several runs holds it open.)"""
     if info.enabled and info.owns_group and dist.is_initialized():
         dist.destroy_process_group()
+
+
+# ---- FSDP ---------------------------------------------------------------------------------------
+def shard_model(model, device: torch.device) -> None:
+    """Fully shard `model` across the process group, in place: each transformer block is its own
+    unit (gathered just for its forward and backward), the root holds the embeddings, final norm
+    and head. Call before creating the optimizer: the parameters become DTensor shards."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    mesh = init_device_mesh(device.type, (dist.get_world_size(),))
+    for block in model.blocks:
+        fully_shard(block, mesh=mesh)
+    fully_shard(model, mesh=mesh)
+
+
+def is_sharded(tensor: torch.Tensor) -> bool:
+    from torch.distributed.tensor import DTensor
+
+    return isinstance(tensor, DTensor)
+
+
+def gather(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Full tensors from FSDP shards (an all-gather per sharded tensor: every rank must call it,
+    with the same names in the same order); plain tensors pass through."""
+    return {name: t.detach().full_tensor() if is_sharded(t) else t for name, t in tensors.items()}
+
+
+def shard_like(reference: torch.Tensor, full: torch.Tensor) -> torch.Tensor:
+    """`full` (the same on every rank, e.g. read from a checkpoint) as a tensor laid out like
+    `reference`: this rank's shard if `reference` is sharded, else `full` itself. No communication."""
+    if not is_sharded(reference):
+        return full
+    from torch.distributed.tensor import distribute_tensor
+
+    full = full.detach().to(device=reference.device, dtype=reference.dtype)
+    return distribute_tensor(full, reference.device_mesh, reference.placements, src_data_rank=None)

@@ -57,6 +57,7 @@ def optimizer_state_tensors(optimizer: torch.optim.Optimizer, model: nn.Module) 
 def load_optimizer_state_tensors(optimizer: torch.optim.Optimizer, model: nn.Module,
                                  tensors: dict[str, torch.Tensor], step: int) -> None:
     from groundup.errors import CheckpointError
+    from groundup.train.distributed import shard_like
 
     for name, p in named_parameters(model):
         if f"exp_avg.{name}" not in tensors:
@@ -69,8 +70,8 @@ def load_optimizer_state_tensors(optimizer: torch.optim.Optimizer, model: nn.Mod
         step_tensor = torch.tensor(float(step), dtype=torch.float32)
         if getattr(optimizer, "defaults", {}).get("fused") or getattr(optimizer, "defaults", {}).get("capturable"):
             step_tensor = step_tensor.to(p.device)
-        optimizer.state[p] = {
+        optimizer.state[p] = {  # (under FSDP each rank keeps its shard of the moments, as of the weights)
             "step": step_tensor,
-            "exp_avg": m.to(device=p.device, dtype=p.dtype).clone(),
-            "exp_avg_sq": v.to(device=p.device, dtype=p.dtype).clone(),
+            "exp_avg": shard_like(p, m.to(device=p.device, dtype=p.dtype).clone()),
+            "exp_avg_sq": shard_like(p, v.to(device=p.device, dtype=p.dtype).clone()),
         }

@@ -10,7 +10,8 @@
         every eval_interval: loss on fixed train and val batches
         every checkpoint_interval: atomic checkpoint (weights, optimizer, RNG, sampler position)
 
-The same function runs one process on a CPU, a GPU, or N processes under torchrun (DDP).
+The same function runs one process on a CPU, a GPU, or N processes under torchrun (DDP, or FSDP
+with `parallel = "fsdp"`).
 SIGINT/SIGTERM finish the step, save and exit cleanly; after any crash `--resume` continues from
 the last good checkpoint (see docs/fault-tolerance.md).
 """
@@ -18,7 +19,6 @@ the last good checkpoint (see docs/fault-tolerance.md).
 from __future__ import annotations
 
 import base64
-import contextlib
 import math
 import signal
 import sys
@@ -36,7 +36,10 @@ from groundup.hardware import peak_flops
 from groundup.model import GPT
 from groundup.report.plots import plot_loss_curves
 from groundup.train import checkpoint as ckpt
-from groundup.train.distributed import DistInfo, all_reduce_mean, barrier, init_distributed, shutdown, weights_in_sync
+from groundup.train.distributed import (
+    DistInfo, all_reduce_mean, barrier, gather, init_distributed, is_sharded, shard_like, shard_model, shutdown,
+    skip_gradient_sync, weights_in_sync,
+)
 from groundup.train.guards import FaultInjector, Guard, parse_faults
 from groundup.train.optim import configure_adamw, load_optimizer_state_tensors, named_parameters, optimizer_state_tensors
 from groundup.train.schedule import lr_at
@@ -198,6 +201,9 @@ def _train(config: RunConfig, run_dir: Path, resume: bool, progress: bool, info:
             raise
         raise ConfigError(f"the model does not fit in memory on {device} (n_layer={m.n_layer}, n_embd={m.n_embd}, "
                           f"block_size={m.block_size}, vocab {m.vocab_size}): {str(e).splitlines()[0]}") from None
+    sharded = info.enabled and t.parallel == "fsdp"
+    if sharded:
+        shard_model(model, device)  # before the optimizer: its parameters become this rank's shards
     optimizer = configure_adamw(model, t, device)
     sampler = BatchSampler(data.train, m.block_size, t.batch_size, seed=t.seed, rank=info.rank, world_size=info.world_size)
     metrics = MetricsLogger(run_dir / "metrics.jsonl", enabled=info.is_main)
@@ -214,7 +220,9 @@ def _train(config: RunConfig, run_dir: Path, resume: bool, progress: bool, info:
                                       f"{kind.__name__}; the checkpoint is incomplete")
         weights = ckpt.read_tensors(directory / ckpt.WEIGHTS)
         ckpt.check_weights(weights, model.weights(), source, dtype=param_dtype(t.dtype))
-        model.load_weights(weights, source)
+        with torch.no_grad():
+            for name, param in model.weights().items():
+                param.copy_(shard_like(param, weights[name]))
         opt_tensors = ckpt.read_tensors(directory / ckpt.OPTIMIZER)
         expected = {f"{moment}.{name}": p for name, p in named_parameters(model) for moment in ("exp_avg", "exp_avg_sq")}
         ckpt.check_weights(opt_tensors, expected if state["optimizer_step"] else {}, str(directory / ckpt.OPTIMIZER),
@@ -243,7 +251,7 @@ def _train(config: RunConfig, run_dir: Path, resume: bool, progress: bool, info:
         data.tokenizer.save(run_dir / ckpt.TOKENIZER)
 
     train_model = model
-    if info.enabled:
+    if info.enabled and not sharded:
         from torch.nn.parallel import DistributedDataParallel
 
         train_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
@@ -266,13 +274,15 @@ def _train(config: RunConfig, run_dir: Path, resume: bool, progress: bool, info:
         if step_done == last_saved and not force:
             return
         error = None
+        weights = gather(model.weights())  # full tensors from FSDP shards (every rank takes part)
+        opt_tensors, opt_step = optimizer_state_tensors(optimizer, model)
+        opt_tensors = gather(opt_tensors)
         if info.is_main:
-            opt_tensors, opt_step = optimizer_state_tensors(optimizer, model)
             state = {"engine": "torch", "optimizer_step": opt_step, "sampler": sampler.state_dict(),
                      "rng": rng_state(), "elapsed_s": elapsed, "tokens_seen": step_done * tokens_per_step,
                      "guard": guard.state_dict()}
             try:
-                ckpt.save_checkpoint(run_dir, step_done, model.weights(), opt_tensors, state, keep=t.keep_checkpoints,
+                ckpt.save_checkpoint(run_dir, step_done, weights, opt_tensors, state, keep=t.keep_checkpoints,
                                      crash=injector.checkpoint_hook(step_done))
             except CheckpointError as e:
                 error = e
@@ -295,7 +305,7 @@ def _train(config: RunConfig, run_dir: Path, resume: bool, progress: bool, info:
         n = model.num_params()
         print(f"model: {n / 1e6:.2f}M parameters ({model.num_params(non_embedding=True) / 1e6:.2f}M non-embedding), "
               f"vocab {m.vocab_size}, context {m.block_size}; device {device}"
-              + (f" × {info.world_size} ranks" if info.enabled else "")
+              + (f" × {info.world_size} ranks" + (" (FSDP)" if sharded else "") if info.enabled else "")
               + (f", autocast {amp}" if amp else "") + f"; {tokens_per_step:,} tokens/step", flush=True)
         if resume:
             print(f"resuming {run_dir} from step {step} ({directory.name})"
@@ -324,8 +334,7 @@ def _train(config: RunConfig, run_dir: Path, resume: bool, progress: bool, info:
         for micro in range(t.grad_accum_steps):
             x, y = (torch.from_numpy(a).to(device, non_blocking=True) for a in sampler.next_batch())
             last_micro = micro == t.grad_accum_steps - 1
-            sync = train_model.no_sync() if (info.enabled and not last_micro) else contextlib.nullcontext()
-            with sync:
+            with skip_gradient_sync(train_model, info.enabled and not last_micro):
                 with autocast(device, amp):
                     _, loss = train_model(x, y)
                 loss = corrupt(loss)
@@ -333,6 +342,8 @@ def _train(config: RunConfig, run_dir: Path, resume: bool, progress: bool, info:
             loss_sum += loss.detach()
         # ‖g‖₂ over all parameters; then one all-reduce, so every rank judges the same numbers
         grad_norm = torch.nn.utils.get_total_norm([p.grad for p in parameters if p.grad is not None])
+        if is_sharded(grad_norm):  # FSDP: already the global norm, replicated on every rank
+            grad_norm = grad_norm.full_tensor()
         stats = all_reduce_mean(torch.stack([loss_sum / t.grad_accum_steps, grad_norm.to(loss_sum.dtype)]), info)
         loss_value, norm_value = stats.tolist()
         verdict = guard.check(step + 1, loss_value, norm_value)
@@ -399,7 +410,7 @@ def _train(config: RunConfig, run_dir: Path, resume: bool, progress: bool, info:
         metrics.log(step=step, event="stopped", reason=report)
     else:
         if info.enabled:
-            in_sync = weights_in_sync(model.weights(), info)
+            in_sync = weights_in_sync(gather(model.weights()), info)
             if info.is_main and progress:
                 print(f"ranks in sync: weights identical on all {info.world_size} ranks" if in_sync else
                       f"warning: weights differ between the {info.world_size} ranks", flush=True)
