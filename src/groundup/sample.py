@@ -77,13 +77,15 @@ def generate(model: GPT, prompt_ids: list[int], settings: SamplingSettings, use_
     context = list(prompt_ids[-block:])
     cache = model.new_cache(1) if use_cache else None
     logits = _prefill(model, context, cache, device)
-    for _ in range(settings.max_new_tokens):
+    for k in range(settings.max_new_tokens):
         if settings.temperature == 0:
             token = int(torch.argmax(logits))
         else:
             probs = next_token_distribution(logits, settings).cpu()
             token = int(torch.multinomial(probs, 1, generator=generator))
         yield token
+        if k == settings.max_new_tokens - 1:
+            return  # the last token needs no forward pass of its own
         context.append(token)
         if cache is None:
             context = context[-block:]
