@@ -430,10 +430,10 @@ def _train(config: RunConfig, run_dir: Path, resume: bool, progress: bool, info:
 
 
 def print_done(run_dir: Path, step: int, stopped_by: str, elapsed: float, val_loss: float,
-               time_budget: float, signal: str | None) -> None:
+               time_budget: float, signal_name: str | None) -> None:
     """The last lines of a run (either engine): why it stopped, and how to resume if it can go on."""
     why = {"max_steps": "reached max_steps", "time_budget": f"time budget of {time_budget:g} s used",
-           "signal": f"stopped by {signal}"}[stopped_by]
+           "signal": f"stopped by {signal_name}"}[stopped_by]
     print(f"done: step {step} ({why}) in {elapsed:.1f} s; val loss {val_loss:.4f}; wrote {run_dir}/", flush=True)
     if stopped_by != "max_steps":
         print(f"resume with: groundup train --resume {run_dir}", flush=True)
