@@ -50,12 +50,13 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    from groundup.sample import SamplingSettings, generate
+    from groundup.sample import SamplingSettings, generate, store_for_decoding
 
     n = args.new_tokens
     print(f"batch 1, greedy, fp32, {n} new tokens, threads {torch.get_num_threads()}")
     for name in args.shapes.split(","):
         ours, hf = build(SHAPES[name])
+        store_for_decoding(ours)  # as `groundup sample` does
         prompt = [1, 2, 3, 4, 5, 6, 7, 8]
         settings = SamplingSettings(max_new_tokens=n, temperature=0.0)
 

@@ -32,6 +32,28 @@ def test_cached_and_uncached_generation_agree(positional):
     assert list(generate(model, prompt, settings, use_cache=True)) == list(generate(model, prompt, settings, use_cache=False))
 
 
+def test_decoding_layout_changes_strides_not_values_or_tokens():
+    from groundup.config import ModelConfig
+    from groundup.model import GPT
+    from groundup.sample import store_for_decoding
+
+    torch.manual_seed(0)
+    config = ModelConfig(vocab_size=50, block_size=32, n_layer=2, n_head=2, n_embd=32, positional="learned")
+    plain, laid_out = GPT(config), GPT(config)
+    laid_out.load_state_dict(plain.state_dict())
+    store_for_decoding(laid_out)
+    for (name, a), b in zip(plain.weights().items(), laid_out.weights().values()):
+        assert torch.equal(a, b) and a.shape == b.shape, name
+    matrices = [m.weight for m in laid_out.modules() if isinstance(m, torch.nn.Linear)]
+    assert matrices and all(w.stride() == (1, w.shape[0]) for w in matrices)  # column by column
+    assert laid_out.lm_head.weight is laid_out.token_embedding.weight  # still tied
+    x = torch.randint(0, 50, (1, 20))
+    with torch.no_grad():
+        assert torch.allclose(plain(x)[0], laid_out(x)[0], atol=1e-5)
+    greedy = SamplingSettings(max_new_tokens=40, temperature=0.0)
+    assert list(generate(plain, [1, 2, 3], greedy)) == list(generate(laid_out, [1, 2, 3], greedy))
+
+
 def test_same_seed_same_text_and_greedy_is_deterministic(run_dir):
     s = SamplingSettings(max_new_tokens=50, temperature=0.9, top_k=20, seed=11)
     a, b = sample_text(run_dir, "ROMEO:", s), sample_text(run_dir, "ROMEO:", s)
