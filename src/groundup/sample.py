@@ -101,8 +101,9 @@ def store_for_decoding(model: GPT) -> GPT:
     """Lay every matrix the model multiplies by out column by column in memory: same shape, same
     values, only the strides change (the (in, out) order of GPT-2's original Conv1D). A decoding
     step multiplies one row vector by each matrix, and CPU BLAS streams that layout faster:
-    ~20 % per step on this project's x86 machine (MKL) for GPT-2 small. Inference only: training
-    expects contiguous weights. Off the CPU it changes nothing."""
+    ~20 % per step on this project's x86 machine (MKL) for GPT-2 small. Meant for a model that
+    only generates (`groundup sample`); the trainer keeps the usual layout. Off the CPU it changes
+    nothing."""
     if model.token_embedding.weight.device.type != "cpu":
         return model
     with torch.no_grad():

@@ -127,6 +127,8 @@ def shard_model(model, device: torch.device) -> None:
 
 
 def is_sharded(tensor: torch.Tensor) -> bool:
+    if not dist.is_available():  # a torch build without torch.distributed shards nothing
+        return False
     from torch.distributed.tensor import DTensor
 
     return isinstance(tensor, DTensor)
