@@ -11,17 +11,26 @@ import torch
 from torch import nn
 
 from groundup.config import ModelConfig
+from groundup.kernels import layer_norm
 from groundup.model.attention import CausalSelfAttention, KVCache
 from groundup.model.feedforward import FeedForward
+
+
+class LayerNorm(nn.LayerNorm):
+    """(x − mean)/√(var + eps)·γ + β over the last dimension: nn.LayerNorm's parameters and names,
+    computed by a fused kernel on the CPU (groundup.kernels)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return layer_norm(x, self.weight, self.bias, self.eps)
 
 
 class Block(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.pre_norm = config.norm == "pre"
-        self.norm_attention = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.norm_attention = LayerNorm(config.n_embd, bias=config.bias)
         self.attention = CausalSelfAttention(config)
-        self.norm_ffn = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.norm_ffn = LayerNorm(config.n_embd, bias=config.bias)
         self.ffn = FeedForward(config)
 
     def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0, start: int = 0) -> torch.Tensor:

@@ -1,0 +1,219 @@
+"""Fused CPU kernels for the PyTorch engine: the same math as the plain PyTorch ops, in fewer passes.
+
+On a CPU, PyTorch's eager mode runs each elementwise op as its own pass over memory, and on some
+builds its tanh is not vectorised at all: GELU then costs as much as a 128-wide matmul. These kernels
+(kernels/cpu.c) do each job in one pass and are used automatically for float32 tensors on the CPU:
+
+  gelu(x)                       GELU, tanh form, forward and backward   twin: F.gelu(x, approximate="tanh")
+  causal_attention(qkv)         softmax(Q Kᵀ/√d_k, causal) V per head,  twin: F.scaled_dot_product_attention
+                                read straight from the fused projection  (is_causal=True)
+  layer_norm(x, γ, β, eps)      layer norm, forward and backward         twin: F.layer_norm
+
+The C source is compiled on first use with the system's C compiler into the groundup cache and loaded
+with ctypes. Without a compiler, on other devices or dtypes, under torch.compile, or with
+GROUNDUP_KERNELS=0 in the environment, the plain PyTorch op runs instead — same results to float
+rounding (tests/test_kernels.py holds every kernel against its twin, values and gradients).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+SOURCE = Path(__file__).with_name("cpu.c")
+FLAGS = ["-O3", "-march=native", "-fopenmp", "-fno-tree-loop-distribute-patterns", "-fno-math-errno", "-fno-trapping-math", "-shared", "-fPIC"]
+
+_library: ctypes.CDLL | None = None
+_load_error: str | None = None
+
+
+def _cache_dir() -> Path:
+    root = os.environ.get("GROUNDUP_CACHE") or os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(root) / "groundup" / "kernels"
+
+
+def _cpu_signature() -> str:
+    """-march=native builds for this CPU: the library's name includes what CPU it was built for."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("flags", "Features")):
+                return line
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _build() -> ctypes.CDLL:
+    source = SOURCE.read_bytes()
+    compiler = os.environ.get("CC", "cc")
+    key = hashlib.sha256(source + " ".join([compiler, *FLAGS, _cpu_signature(), sys.platform]).encode()).hexdigest()[:16]
+    path = _cache_dir() / f"groundup_cpu_{key}.so"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(suffix=".so", dir=path.parent)  # compile aside, then rename: atomic
+        os.close(fd)
+        try:
+            result = subprocess.run([compiler, *FLAGS, str(SOURCE), "-o", tmp, "-lm"], capture_output=True, text=True)
+            if result.returncode != 0:
+                raise OSError(f"{compiler} failed: {result.stderr.strip()[:500]}")
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+    lib = ctypes.CDLL(str(path))
+    f32p, i64, i32, f32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_float
+    lib.gelu_forward.argtypes = [f32p, f32p, i64, i32]
+    lib.gelu_backward.argtypes = [f32p, f32p, f32p, i64, i32]
+    lib.attention_forward.argtypes = [f32p, f32p, f32p, i64, i64, f32p, f32p, i32, i32, i32, i32, f32, i32]
+    lib.attention_backward.argtypes = [f32p, f32p, f32p, i64, i64, f32p, f32p, f32p, f32p, f32p, f32p,
+                                       i32, i32, i32, i32, f32, i32]
+    lib.layer_norm_forward.argtypes = [f32p, f32p, f32p, f32p, f32p, f32p, i64, i32, f32, i32]
+    lib.layer_norm_backward.argtypes = [f32p, f32p, f32p, f32p, f32p, f32p, f32p, f32p, f32p, i64, i32, i32]
+    for fn in (lib.gelu_forward, lib.gelu_backward, lib.attention_forward, lib.attention_backward,
+               lib.layer_norm_forward, lib.layer_norm_backward):
+        fn.restype = None
+    return lib
+
+
+def library() -> ctypes.CDLL | None:
+    """The compiled kernels, or None (the reason is in `unavailable_reason()`)."""
+    global _library, _load_error
+    if _library is None and _load_error is None:
+        if os.environ.get("GROUNDUP_KERNELS", "1") == "0":
+            _load_error = "turned off by GROUNDUP_KERNELS=0"
+        else:
+            try:
+                _library = _build()
+            except (OSError, subprocess.SubprocessError) as e:
+                _load_error = f"could not build the CPU kernels ({e}); using plain PyTorch ops"
+    return _library
+
+
+def unavailable_reason() -> str | None:
+    library()
+    return _load_error
+
+
+def enabled() -> bool:
+    """True where the kernels are in use (the cause is cached: set GROUNDUP_KERNELS before the first call)."""
+    return library() is not None
+
+
+def _usable(*tensors: torch.Tensor) -> bool:
+    if torch.compiler.is_compiling() or torch.is_autocast_enabled("cpu"):
+        return False
+    if not all(type(t) in (torch.Tensor, torch.nn.Parameter) and t.device.type == "cpu" and t.dtype == torch.float32
+               for t in tensors):  # (a tensor subclass such as FSDP's DTensor goes to PyTorch's own op)
+        return False
+    return enabled()
+
+
+def _ptr(t: torch.Tensor) -> int:
+    return t.data_ptr()
+
+
+class _Gelu(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        x = x.contiguous()
+        y = torch.empty_like(x)
+        library().gelu_forward(_ptr(x), _ptr(y), x.numel(), torch.get_num_threads())
+        ctx.save_for_backward(x)
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):
+        (x,) = ctx.saved_tensors
+        dy = dy.contiguous()
+        dx = torch.empty_like(x)
+        library().gelu_backward(_ptr(x), _ptr(dy), _ptr(dx), x.numel(), torch.get_num_threads())
+        return dx
+
+
+def gelu(x: torch.Tensor) -> torch.Tensor:
+    """GELU, tanh form (as GPT-2): 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³)))."""
+    if _usable(x):
+        return _Gelu.apply(x)
+    return F.gelu(x, approximate="tanh")
+
+
+class _CausalAttention(torch.autograd.Function):
+    """qkv: (B, T, 3, H, d) — the fused projection's output, read in place. Returns (B, T, H·d)."""
+
+    @staticmethod
+    def forward(ctx, qkv):
+        qkv = qkv.contiguous()
+        B, T, _, H, d = qkv.shape
+        out = qkv.new_empty(B, T, H * d)
+        lse = qkv.new_empty(B, H, T)
+        row, batch, scale = 3 * H * d, T * 3 * H * d, d ** -0.5
+        base = _ptr(qkv)
+        library().attention_forward(base, base + 4 * H * d, base + 8 * H * d, row, batch, _ptr(out), _ptr(lse),
+                                    B, T, H, d, scale, torch.get_num_threads())
+        ctx.save_for_backward(qkv, out, lse)
+        return out
+
+    @staticmethod
+    def backward(ctx, dout):
+        qkv, out, lse = ctx.saved_tensors
+        B, T, _, H, d = qkv.shape
+        dout = dout.contiguous()
+        dqkv = torch.empty_like(qkv)  # every element is written: dQ rows, dK and dV rows, all heads
+        row, batch, scale = 3 * H * d, T * 3 * H * d, d ** -0.5
+        base, grad = _ptr(qkv), _ptr(dqkv)
+        library().attention_backward(base, base + 4 * H * d, base + 8 * H * d, row, batch, _ptr(out), _ptr(dout),
+                                     _ptr(lse), grad, grad + 4 * H * d, grad + 8 * H * d,
+                                     B, T, H, d, scale, torch.get_num_threads())
+        return dqkv
+
+
+def causal_attention(qkv: torch.Tensor) -> torch.Tensor | None:
+    """Causal self-attention straight from the fused projection qkv (B, T, 3, H, d) → heads
+    concatenated (B, T, H·d); None where the kernel does not apply (d not a multiple of 16, not
+    float32 on the CPU …): the caller then uses sdpa."""
+    if qkv.shape[-1] % 16 or not _usable(qkv):  # the kernel works in blocks of 16 floats of a head
+        return None
+    return _CausalAttention.apply(qkv)
+
+
+class _LayerNorm(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, bias, eps):
+        x = x.contiguous()
+        C = x.shape[-1]
+        N = x.numel() // C
+        y, mean, rstd = torch.empty_like(x), x.new_empty(N), x.new_empty(N)
+        library().layer_norm_forward(_ptr(x), _ptr(weight), _ptr(bias) if bias is not None else None, _ptr(y),
+                                     _ptr(mean), _ptr(rstd), N, C, eps, torch.get_num_threads())
+        ctx.save_for_backward(x, weight, mean, rstd)
+        ctx.has_bias = bias is not None
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):
+        x, weight, mean, rstd = ctx.saved_tensors
+        dy = dy.contiguous()
+        C = x.shape[-1]
+        dx, dweight = torch.empty_like(x), torch.empty_like(weight)
+        dbias = torch.empty_like(weight) if ctx.has_bias else None
+        scratch = x.new_empty(2 * 16 * C)  # LN_CHUNKS partial sums of dγ and dβ
+        library().layer_norm_backward(_ptr(x), _ptr(weight), _ptr(mean), _ptr(rstd), _ptr(dy), _ptr(dx), _ptr(dweight),
+                                      _ptr(dbias) if dbias is not None else None, _ptr(scratch),
+                                      x.numel() // C, C, torch.get_num_threads())
+        return dx, dweight, dbias, None
+
+
+def layer_norm(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None, eps: float) -> torch.Tensor:
+    """Layer norm over the last dimension: (x − mean)/√(var + eps)·γ + β."""
+    if weight is not None and _usable(x, weight, *([bias] if bias is not None else [])):
+        return _LayerNorm.apply(x, weight, bias, eps)
+    return F.layer_norm(x, x.shape[-1:], weight, bias, eps)

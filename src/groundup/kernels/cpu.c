@@ -1,0 +1,290 @@
+/* groundup's fused CPU kernels: float32, written as plain loops that the compiler vectorises.
+ *
+ * Each kernel does in one pass over memory what PyTorch's eager mode does in several, and each has a
+ * plain-PyTorch twin that the tests compare it with (groundup/kernels/__init__.py says which).
+ * Built on first use with the system C compiler (gcc -O3 -march=native -fopenmp), loaded with ctypes.
+ *
+ *   gelu_forward / gelu_backward     GELU, tanh form: 0.5·x·(1 + tanh(u)) = x·σ(2u),
+ *                                    u = √(2/π)·(x + 0.044715·x³)
+ *   attention_forward / _backward    causal softmax(Q Kᵀ · scale) V per (batch, head), the backward
+ *                                    pass by hand, keeping only the log-sum-exp of each row
+ *
+ * Work is split over (batch, head) pairs or element ranges with a static schedule, so every output
+ * element is always computed by the same loop in the same order: results do not depend on the
+ * number of threads.
+ */
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* e^x for x in [-87, 88] to about 2 ulp, written so that it vectorises (no libm call):
+ * e^x = 2^n · e^r with n = round(x / ln 2), r = x − n·ln 2 in [−ln2/2, ln2/2], e^r by its Taylor
+ * series to r⁶ (relative error < 2e-7). */
+static inline float exp_fast(float x) {
+    x = x < -87.0f ? -87.0f : x > 88.0f ? 88.0f : x; /* (fminf/fmaxf would not vectorise) */
+    float n = floorf(x * 1.44269504088896341f + 0.5f);
+    float r = x - n * 0.693145751953125f - n * 1.428606765330187e-06f; /* ln 2 in two parts */
+    float p = 1.0f + r * (1.0f + r * (0.5f + r * (1.0f / 6 + r * (1.0f / 24 + r * (1.0f / 120 + r * (1.0f / 720))))));
+    int32_t bits = ((int32_t)n + 127) << 23; /* 2^n as a float's exponent field */
+    float scale;
+    memcpy(&scale, &bits, sizeof scale);
+    return p * scale;
+}
+
+#define GELU_K0 0.7978845608028654f /* √(2/π) */
+#define GELU_K1 0.044715f
+
+/* σ(2u) = 1 / (1 + e^(−2u)); exp_fast caps its argument, so this is finite for every x. */
+static inline float gelu_sigma(float x) {
+    float u = GELU_K0 * (x + GELU_K1 * x * x * x);
+    return 1.0f / (1.0f + exp_fast(-2.0f * u));
+}
+
+void gelu_forward(const float *x, float *y, int64_t n, int threads) {
+#pragma omp parallel for simd num_threads(threads) schedule(static)
+    for (int64_t i = 0; i < n; i++) y[i] = x[i] * gelu_sigma(x[i]);
+}
+
+/* d/dx [x·σ(2u)] = σ + x·σ(1 − σ)·2u',  u' = √(2/π)·(1 + 3·0.044715·x²) */
+void gelu_backward(const float *x, const float *dy, float *dx, int64_t n, int threads) {
+#pragma omp parallel for simd num_threads(threads) schedule(static)
+    for (int64_t i = 0; i < n; i++) {
+        float s = gelu_sigma(x[i]);
+        float du = GELU_K0 * (1.0f + 3.0f * GELU_K1 * x[i] * x[i]);
+        dx[i] = dy[i] * (s + 2.0f * x[i] * s * (1.0f - s) * du);
+    }
+}
+
+/* ---- layer norm ------------------------------------------------------------------------------
+ * y = (x − mean)·rstd·γ + β over each row of C values, rstd = 1/√(var + eps); mean and rstd are kept
+ * for the backward pass:
+ *   x̂ = (x − mean)·rstd,  g = dy·γ,  dx = rstd·(g − mean(g) − x̂·mean(g·x̂)),
+ *   dγ = Σ_rows dy·x̂,  dβ = Σ_rows dy.
+ * dγ and dβ are summed over a fixed split of the rows (LN_CHUNKS parts, then the parts in order), so
+ * the result does not depend on the number of threads. beta and dbeta may be NULL (no bias). */
+#define LN_CHUNKS 16
+
+void layer_norm_forward(const float *x, const float *gamma, const float *beta, float *y, float *mean, float *rstd,
+                        int64_t N, int C, float eps, int threads) {
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (int64_t n = 0; n < N; n++) {
+        const float *xn = x + n * C;
+        float *yn = y + n * C;
+        float sum = 0.0f, sq = 0.0f;
+#pragma omp simd reduction(+ : sum)
+        for (int c = 0; c < C; c++) sum += xn[c];
+        const float mu = sum / C;
+#pragma omp simd reduction(+ : sq)
+        for (int c = 0; c < C; c++) sq += (xn[c] - mu) * (xn[c] - mu);
+        const float r = 1.0f / sqrtf(sq / C + eps);
+        mean[n] = mu, rstd[n] = r;
+        if (beta) {
+#pragma omp simd
+            for (int c = 0; c < C; c++) yn[c] = (xn[c] - mu) * r * gamma[c] + beta[c];
+        } else {
+#pragma omp simd
+            for (int c = 0; c < C; c++) yn[c] = (xn[c] - mu) * r * gamma[c];
+        }
+    }
+}
+
+void layer_norm_backward(const float *x, const float *gamma, const float *mean, const float *rstd, const float *dy,
+                         float *dx, float *dgamma, float *dbeta, float *scratch, int64_t N, int C, int threads) {
+    /* scratch: 2·LN_CHUNKS·C floats, each chunk's partial dγ and dβ */
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (int part = 0; part < LN_CHUNKS; part++) {
+        float *pg = scratch + (size_t)part * 2 * C, *pb = pg + C;
+        for (int c = 0; c < C; c++) pg[c] = 0.0f, pb[c] = 0.0f;
+        for (int64_t n = N * part / LN_CHUNKS; n < N * (part + 1) / LN_CHUNKS; n++) {
+            const float *xn = x + n * C, *dyn = dy + n * C, mu = mean[n], r = rstd[n];
+            float *dxn = dx + n * C;
+            float mg = 0.0f, mgx = 0.0f; /* Σ g and Σ g·x̂ over the row */
+#pragma omp simd reduction(+ : mg, mgx)
+            for (int c = 0; c < C; c++) {
+                const float xh = (xn[c] - mu) * r, g = dyn[c] * gamma[c];
+                mg += g, mgx += g * xh;
+                pg[c] += dyn[c] * xh, pb[c] += dyn[c];
+            }
+            mg /= C, mgx /= C;
+#pragma omp simd
+            for (int c = 0; c < C; c++) dxn[c] = r * (dyn[c] * gamma[c] - mg - (xn[c] - mu) * r * mgx);
+        }
+    }
+    for (int c = 0; c < C; c++) {
+        float g = 0.0f, b = 0.0f;
+        for (int part = 0; part < LN_CHUNKS; part++) g += scratch[(size_t)part * 2 * C + c], b += scratch[(size_t)part * 2 * C + C + c];
+        dgamma[c] = g;
+        if (dbeta) dbeta[c] = b;
+    }
+}
+
+/* ---- causal attention ------------------------------------------------------------------------
+ * Layout: q, k, v point at (batch 0, position 0, head 0); position t of batch b, head h starts at
+ * b·batch_stride + t·row_stride + h·d (so a fused (B, T, 3C) projection is read in place).
+ * out and dout are (B, T, H·d) contiguous, lse is (B, H, T). d must be a multiple of 16.
+ *
+ * One (batch, head) pair at a time: its Q, K, V (T × d) are copied into zero-padded blocks
+ * (Tp = T rounded up to 16 rows) and every product is a small matrix product made of 4 × 16 tiles
+ * that skip what the causal mask removes. */
+#define TR 4  /* tile rows */
+#define TC 16 /* tile columns: one 512-bit vector of floats */
+
+/* Sixteen floats as one value: GCC/Clang vector extension, one AVX-512 register where the CPU has
+ * it (two AVX2 registers otherwise). */
+typedef float f16 __attribute__((vector_size(TC * sizeof(float))));
+
+/* C[r][c] = Σ_{k<K} A[r][k]·B[k][c] for one TR × TC tile; the accumulators stay in registers.
+ * a_transposed: A is stored as Aᵀ, i.e. A[r][k] is at A[k·lda + r] (saves transposing it). */
+static inline void tile(int K, const float *restrict A, int lda, int a_transposed, const float *restrict B, int ldb,
+                        float *restrict C, int ldc) {
+    f16 acc[TR] = {0};
+    const size_t row_step = a_transposed ? 1 : (size_t)lda, k_step = a_transposed ? (size_t)lda : 1;
+    for (int k = 0; k < K; k++) {
+        f16 b;
+        memcpy(&b, B + (size_t)k * ldb, sizeof b);
+        for (int r = 0; r < TR; r++) acc[r] += A[r * row_step + k * k_step] * b;
+    }
+    for (int r = 0; r < TR; r++) memcpy(C + (size_t)r * ldc, &acc[r], sizeof acc[r]);
+}
+
+enum causal_part {
+    COLUMNS_UP_TO_ROW, /* scores: row i needs columns (keys) 0..i only */
+    SUM_UP_TO_ROW,     /* P·V, dS·K: row i sums over keys 0..i (P is zero beyond) */
+    SUM_FROM_ROW,      /* Pᵀ·dO, dSᵀ·Q: row j (a key) sums over queries j..T-1; A is given untransposed */
+};
+
+/* C (M × N) = A (M × Kdim) · B (Kdim × N), only the part the causal mask keeps. M % TR == 0, N % TC == 0.
+ * For SUM_FROM_ROW, A is passed as the (Kdim × M) matrix whose transpose it is. */
+static void causal_product(enum causal_part part, int M, int N, int Kdim, const float *A, int lda,
+                           const float *B, int ldb, float *C, int ldc) {
+    for (int r0 = 0; r0 < M; r0 += TR) {
+        int n = N, k0 = 0, k1 = Kdim;
+        if (part == COLUMNS_UP_TO_ROW) n = (r0 + TR + TC - 1) / TC * TC < N ? (r0 + TR + TC - 1) / TC * TC : N;
+        if (part == SUM_UP_TO_ROW) k1 = r0 + TR < Kdim ? r0 + TR : Kdim;
+        if (part == SUM_FROM_ROW) k0 = r0 < Kdim ? r0 : Kdim;
+        const int t = part == SUM_FROM_ROW;
+        const float *a = t ? A + (size_t)k0 * lda + r0 : A + (size_t)r0 * lda + k0;
+        for (int c0 = 0; c0 < n; c0 += TC)
+            tile(k1 - k0, a, lda, t, B + (size_t)k0 * ldb + c0, ldb, C + (size_t)r0 * ldc + c0, ldc);
+    }
+}
+
+/* dst (Tp × d) ← the T rows of one head (row_stride apart), zero padded */
+static void load_rows(const float *src, int64_t row_stride, int T, int Tp, int d, float *dst) {
+    for (int t = 0; t < T; t++)
+        for (int c = 0; c < d; c++) dst[(size_t)t * d + c] = src[t * row_stride + c];
+    for (size_t i = (size_t)T * d; i < (size_t)Tp * d; i++) dst[i] = 0.0f;
+}
+
+/* the first T rows of src (Tp × d) → dst, rows row_stride apart */
+static void store_rows(const float *src, int T, int d, float *dst, int64_t row_stride) {
+    for (int t = 0; t < T; t++)
+        for (int c = 0; c < d; c++) dst[t * row_stride + c] = src[(size_t)t * d + c];
+}
+
+/* dst (d × Tp) ← the T rows of one head, transposed, zero padded (written row by row of dst:
+ * strided reads are cheaper than strided writes) */
+static void load_rows_transposed(const float *src, int64_t row_stride, int T, int Tp, int d, float *dst) {
+    for (int c = 0; c < d; c++) {
+        float *out = dst + (size_t)c * Tp;
+        for (int t = 0; t < T; t++) out[t] = src[t * row_stride + c];
+        for (int t = T; t < Tp; t++) out[t] = 0.0f;
+    }
+}
+
+/* Row i of S (scores, unscaled) → P = softmax(scale·S) over keys 0..i, zero beyond (to the end of
+ * the row's last 16-key block); returns the log-sum-exp of the row. */
+static inline float softmax_row(float *s, int i, float scale) {
+    const int nj = (i + TC) / TC * TC;
+    float m = -3.0e38f;
+#pragma omp simd reduction(max : m)
+    for (int j = 0; j < nj; j++) {
+        const float x = s[j], masked = j <= i ? x : -3.0e38f;
+        m = masked > m ? masked : m;
+    }
+    m *= scale;
+    float sum = 0.0f;
+#pragma omp simd reduction(+ : sum)
+    for (int j = 0; j < nj; j++) {
+        const float e = exp_fast(s[j] * scale - m);
+        s[j] = j <= i ? e : 0.0f;
+        sum += s[j];
+    }
+    const float inv = 1.0f / sum;
+#pragma omp simd
+    for (int j = 0; j < nj; j++) s[j] *= inv;
+    return m + logf(sum);
+}
+
+void attention_forward(const float *q, const float *k, const float *v, int64_t row_stride, int64_t batch_stride,
+                       float *out, float *lse, int B, int T, int H, int d, float scale, int threads) {
+    const int64_t C = (int64_t)H * d;
+    const int Tp = (T + TC - 1) / TC * TC;
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (int bh = 0; bh < B * H; bh++) {
+        const int b = bh / H, h = bh % H;
+        const int64_t base = b * batch_stride + (int64_t)h * d;
+        const size_t td = (size_t)Tp * d, tt = (size_t)Tp * Tp;
+        float *buf = malloc(sizeof(float) * (4 * td + tt));
+        float *Q = buf, *Kt = Q + td, *V = Kt + td, *O = V + td, *P = O + td;
+        load_rows(q + base, row_stride, T, Tp, d, Q);
+        load_rows_transposed(k + base, row_stride, T, Tp, d, Kt);
+        load_rows(v + base, row_stride, T, Tp, d, V);
+        memset(P, 0, sizeof(float) * tt);
+        causal_product(COLUMNS_UP_TO_ROW, Tp, Tp, d, Q, d, Kt, Tp, P, Tp); /* S = Q Kᵀ */
+        for (int i = 0; i < T; i++) lse[(int64_t)bh * T + i] = softmax_row(P + (size_t)i * Tp, i, scale);
+        causal_product(SUM_UP_TO_ROW, Tp, d, T, P, Tp, V, d, O, d); /* O = P V */
+        store_rows(O, T, d, out + (int64_t)b * T * C + (int64_t)h * d, C);
+        free(buf);
+    }
+}
+
+/* With P = softmax(scale·Q Kᵀ) (causal), O = P V and dO given:
+ *   dV = Pᵀ dO,  dP = dO Vᵀ,  dS = scale·P ⊙ (dP − rowsum(dO ⊙ O)),  dQ = dS K,  dK = dSᵀ Q.
+ * P is recomputed from Q, K and the saved log-sum-exp. dq, dk, dv use q, k, v's layout. */
+void attention_backward(const float *q, const float *k, const float *v, int64_t row_stride, int64_t batch_stride,
+                        const float *out, const float *dout, const float *lse, float *dq, float *dk, float *dv,
+                        int B, int T, int H, int d, float scale, int threads) {
+    const int64_t C = (int64_t)H * d;
+    const int Tp = (T + TC - 1) / TC * TC;
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (int bh = 0; bh < B * H; bh++) {
+        const int b = bh / H, h = bh % H;
+        const int64_t base = b * batch_stride + (int64_t)h * d, obase = (int64_t)b * T * C + (int64_t)h * d;
+        const size_t td = (size_t)Tp * d, tt = (size_t)Tp * Tp;
+        float *buf = malloc(sizeof(float) * (6 * td + 2 * tt));
+        float *Q = buf, *K = Q + td, *Kt = K + td, *Vt = Kt + td, *dO = Vt + td, *G = dO + td; /* G: a gradient */
+        float *P = G + td, *dS = P + tt;
+        load_rows(q + base, row_stride, T, Tp, d, Q);
+        load_rows(k + base, row_stride, T, Tp, d, K);
+        load_rows_transposed(k + base, row_stride, T, Tp, d, Kt);
+        load_rows_transposed(v + base, row_stride, T, Tp, d, Vt);
+        load_rows(dout + obase, C, T, Tp, d, dO);
+        memset(P, 0, sizeof(float) * 2 * tt);
+        causal_product(COLUMNS_UP_TO_ROW, Tp, Tp, d, Q, d, Kt, Tp, P, Tp);   /* S = Q Kᵀ */
+        causal_product(COLUMNS_UP_TO_ROW, Tp, Tp, d, dO, d, Vt, Tp, dS, Tp); /* dP = dO Vᵀ */
+        for (int i = 0; i < T; i++) {
+            float *p = P + (size_t)i * Tp, *ds = dS + (size_t)i * Tp;
+            const float *oi = out + obase + (int64_t)i * C, *doi = dO + (size_t)i * d;
+            const float l = lse[(int64_t)bh * T + i];
+            const int nj = (i + TC) / TC * TC;
+            float delta = 0.0f; /* rowsum(dO ⊙ O) */
+#pragma omp simd reduction(+ : delta)
+            for (int c = 0; c < d; c++) delta += doi[c] * oi[c];
+#pragma omp simd
+            for (int j = 0; j < nj; j++) {
+                const float e = exp_fast(p[j] * scale - l);
+                p[j] = j <= i ? e : 0.0f;
+                ds[j] = scale * p[j] * (ds[j] - delta);
+            }
+        }
+        causal_product(SUM_UP_TO_ROW, Tp, d, T, dS, Tp, K, d, G, d); /* dQ = dS K */
+        store_rows(G, T, d, dq + base, row_stride);
+        causal_product(SUM_FROM_ROW, Tp, d, T, dS, Tp, Q, d, G, d); /* dK = dSᵀ Q */
+        store_rows(G, T, d, dk + base, row_stride);
+        causal_product(SUM_FROM_ROW, Tp, d, T, P, Tp, dO, d, G, d); /* dV = Pᵀ dO */
+        store_rows(G, T, d, dv + base, row_stride);
+        free(buf);
+    }
+}

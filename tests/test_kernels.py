@@ -1,0 +1,154 @@
+"""The fused CPU kernels (groundup.kernels) against their plain-PyTorch twins: values and gradients,
+odd shapes, extreme inputs, thread-count independence, and the fallback when they are off."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from groundup import kernels
+
+pytestmark = pytest.mark.skipif(not kernels.enabled(), reason=f"CPU kernels unavailable: {kernels.unavailable_reason()}")
+
+
+def grads(fn, *inputs, seed=0):
+    """Output and the gradient of every input, for a random upstream gradient."""
+    inputs = [t.detach().clone().requires_grad_(True) for t in inputs]
+    out = fn(*inputs)
+    upstream = torch.randn(out.shape, generator=torch.Generator().manual_seed(seed))
+    return out.detach(), torch.autograd.grad(out, inputs, upstream)
+
+
+def test_gelu_matches_torch_tanh_gelu():
+    x = torch.randn(3, 17, 129) * 3  # not a multiple of the vector width
+    out, (dx,) = grads(kernels.gelu, x)
+    ref, (ref_dx,) = grads(lambda t: F.gelu(t, approximate="tanh"), x)
+    assert kernels._usable(x)  # the kernel, not the fallback, produced `out`
+    torch.testing.assert_close(out, ref, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(dx, ref_dx, rtol=1e-5, atol=5e-6)
+
+
+def test_gelu_extreme_inputs():
+    x = torch.tensor([-1e30, -1e4, -100.0, -10.0, -1e-30, 0.0, 1e-30, 10.0, 100.0, 1e4, 1e30])
+    torch.testing.assert_close(kernels.gelu(x), F.gelu(x, approximate="tanh"), rtol=1e-6, atol=1e-6)
+    x = x[1:-1]  # (at ±1e30, x³ overflows: torch's own gradient is nan there)
+    _, (dx,) = grads(kernels.gelu, x)
+    _, (ref_dx,) = grads(lambda t: F.gelu(t, approximate="tanh"), x)
+    assert torch.isfinite(dx).all()
+    torch.testing.assert_close(dx, ref_dx, rtol=1e-5, atol=5e-6)
+
+
+def sdpa_from_qkv(qkv):
+    B, T, _, H, d = qkv.shape
+    q, k, v = (t.transpose(1, 2) for t in qkv.unbind(2))
+    return F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2).reshape(B, T, H * d)
+
+
+@pytest.mark.parametrize("B,T,H,d", [(2, 64, 4, 32), (3, 37, 2, 16), (1, 1, 1, 16), (2, 130, 3, 64)])
+def test_attention_matches_sdpa(B, T, H, d):
+    qkv = torch.randn(B, T, 3, H, d) * 2
+    out, (g,) = grads(kernels.causal_attention, qkv)
+    ref, (ref_g,) = grads(sdpa_from_qkv, qkv)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(g, ref_g, rtol=1e-4, atol=1e-5)
+
+
+def test_attention_is_causal_and_handles_large_scores():
+    qkv = torch.randn(2, 48, 3, 2, 32, generator=torch.Generator().manual_seed(1)) * 30  # scores ~1e3-1e4:
+    # without subtracting each row's max, exp overflows to inf
+    out = kernels.causal_attention(qkv)
+    exact = sdpa_from_qkv(qkv.double())  # float32 rounding of such scores moves outputs by ~1e-3 (torch's too)
+    ours_error = (out - exact).abs().max().item()
+    torch_error = (sdpa_from_qkv(qkv) - exact).abs().max().item()
+    assert torch.isfinite(out).all() and ours_error <= 2 * torch_error + 1e-3, (ours_error, torch_error)
+    changed = qkv.clone()
+    changed[:, 30:] = torch.randn_like(changed[:, 30:])  # the future must not move earlier outputs
+    torch.testing.assert_close(kernels.causal_attention(changed)[:, :30], out[:, :30], rtol=0, atol=0)
+
+
+def test_attention_head_size_not_multiple_of_16_falls_back():
+    assert kernels.causal_attention(torch.randn(1, 8, 3, 2, 12)) is None
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_layer_norm_matches_torch(bias):
+    x = torch.randn(5, 33, 96) * 4 + 3
+    w, b = torch.randn(96), torch.randn(96)
+    args = (x, w, b) if bias else (x, w)
+
+    def ours(x, w, b=None):
+        return kernels.layer_norm(x, w, b, 1e-5)
+
+    def ref(x, w, b=None):
+        return F.layer_norm(x, (96,), w, b, 1e-5)
+
+    out, g = grads(ours, *args)
+    ref_out, ref_g = grads(ref, *args)
+    torch.testing.assert_close(out, ref_out, rtol=1e-5, atol=1e-5)
+    for a, r in zip(g, ref_g):
+        torch.testing.assert_close(a, r, rtol=1e-4, atol=1e-4)
+
+
+def test_results_do_not_depend_on_thread_count():
+    torch.manual_seed(0)
+    qkv, x, w = torch.randn(4, 64, 3, 4, 32), torch.randn(256, 128), torch.randn(128)
+    results = []
+    before = torch.get_num_threads()
+    try:
+        for threads in (1, 2, 3):
+            torch.set_num_threads(threads)
+            _, (ga,) = grads(kernels.causal_attention, qkv)
+            _, gl = grads(lambda x, w: kernels.layer_norm(x, w, None, 1e-5), x, w)
+            results.append([ga, *gl])
+    finally:
+        torch.set_num_threads(before)
+    for other in results[1:]:
+        for a, b in zip(results[0], other):
+            assert torch.equal(a, b)
+
+
+def test_fallbacks_other_dtypes_and_turned_off():
+    x64 = torch.randn(4, 8, dtype=torch.float64)
+    assert not kernels._usable(x64)
+    torch.testing.assert_close(kernels.gelu(x64), F.gelu(x64, approximate="tanh"))
+    script = ("from groundup import kernels; import torch; "
+              "print(kernels.enabled(), kernels.unavailable_reason(), kernels.causal_attention(torch.randn(1, 4, 3, 1, 16)))")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env={"GROUNDUP_KERNELS": "0", "PATH": ""})
+    assert out.stdout.split() == ["False", "turned", "off", "by", "GROUNDUP_KERNELS=0", "None"], out.stderr
+
+
+def test_model_trains_the_same_with_and_without_kernels():
+    """Same weights, same batches: 5 AdamW steps with the kernels and with plain PyTorch ops."""
+    from groundup.config import ModelConfig, TrainConfig
+    from groundup.model import GPT
+    from groundup.train.optim import configure_adamw
+
+    def run(use_kernels):
+        torch.manual_seed(0)
+        model = GPT(ModelConfig(vocab_size=50, block_size=32, n_layer=2, n_head=2, n_embd=64, dropout=0.0))
+        opt = configure_adamw(model, TrainConfig(), torch.device("cpu"))
+        data = torch.randint(0, 50, (5, 4, 33), generator=torch.Generator().manual_seed(1))
+        saved = kernels._library, kernels._load_error
+        if not use_kernels:
+            kernels._library, kernels._load_error = None, "off for this test"
+        try:
+            losses = []
+            for batch in data:
+                _, loss = model(batch[:, :-1], batch[:, 1:])
+                loss.backward()
+                opt.step()
+                opt.zero_grad()
+                losses.append(loss.item())
+        finally:
+            kernels._library, kernels._load_error = saved
+        return losses, model.state_dict()
+
+    losses, weights = run(True)
+    ref_losses, ref_weights = run(False)
+    assert losses == pytest.approx(ref_losses, rel=1e-5)
+    for name in weights:
+        torch.testing.assert_close(weights[name], ref_weights[name], rtol=1e-4, atol=1e-5)
