@@ -152,3 +152,58 @@ def test_model_trains_the_same_with_and_without_kernels():
     assert losses == pytest.approx(ref_losses, rel=1e-5)
     for name in weights:
         torch.testing.assert_close(weights[name], ref_weights[name], rtol=1e-4, atol=1e-5)
+
+
+def test_adamw_matches_torch_adamw_and_keeps_its_state_format():
+    from groundup.config import TrainConfig
+    from groundup.train.optim import AdamW
+
+    def run(optimizer_class, **kw):
+        torch.manual_seed(0)
+        params = [torch.nn.Parameter(torch.randn(*shape)) for shape in ((40, 33), (33,), (7, 5, 3))]
+        groups = [{"params": params[:1], "weight_decay": 0.1}, {"params": params[1:], "weight_decay": 0.0}]
+        opt = optimizer_class(groups, lr=3e-3, betas=(0.9, 0.95), eps=1e-8, **kw)
+        for step in range(6):
+            for p in params:
+                p.grad = torch.randn_like(p)
+            if step == 3:
+                for g in opt.param_groups:
+                    g["lr"] = 1e-3  # a schedule changes lr between steps
+            opt.step()
+        return params, opt
+
+    ours, ours_opt = run(AdamW)
+    ref, ref_opt = run(torch.optim.AdamW)
+    assert kernels.applies([p for p in ours])  # the fused kernel, not torch's step, updated `ours`
+    for a, b in zip(ours, ref):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+        sa, sb = ours_opt.state[a], ref_opt.state[b]
+        assert sorted(sa) == sorted(sb) and float(sa["step"]) == float(sb["step"]) == 6
+        torch.testing.assert_close(sa["exp_avg"], sb["exp_avg"], rtol=1e-5, atol=1e-6)  # float32 rounding
+        torch.testing.assert_close(sa["exp_avg_sq"], sb["exp_avg_sq"], rtol=1e-5, atol=1e-6)
+    # a resumed optimizer (state loaded into a fresh one) continues the same way
+    resumed = AdamW(ours_opt.param_groups)
+    resumed.load_state_dict(ours_opt.state_dict())
+    assert float(resumed.state[ours[0]]["step"]) == 6
+
+
+def test_gradient_norm_and_clipping_match_torch():
+    from groundup.train.optim import clip_gradients_, gradient_norm
+
+    torch.manual_seed(0)
+    params = [torch.nn.Parameter(torch.randn(n)) for n in (70_000, 33, 1)]
+    for p in params:
+        p.grad = torch.randn_like(p) * 3
+    ref_grads = [p.grad.clone() for p in params]
+    norm = gradient_norm(params)
+    ref_norm = torch.nn.utils.get_total_norm(ref_grads)
+    torch.testing.assert_close(norm, ref_norm, rtol=1e-6, atol=0)
+    clip_gradients_(params, 1.0, norm)
+    torch.nn.utils.clip_grads_with_norm_([torch.nn.Parameter(g.clone()) for g in ref_grads], 1.0, ref_norm)
+    expected = [g * (1.0 / (ref_norm + 1e-6)) for g in ref_grads]
+    for p, e in zip(params, expected):
+        torch.testing.assert_close(p.grad, e, rtol=1e-6, atol=1e-7)
+    assert abs(gradient_norm(params).item() - 1.0) < 1e-5
+    before = [p.grad.clone() for p in params]
+    clip_gradients_(params, 5.0, gradient_norm(params))  # norm below the limit: nothing changes
+    assert all(torch.equal(p.grad, b) for p, b in zip(params, before))

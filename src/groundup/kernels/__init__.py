@@ -8,6 +8,9 @@ builds its tanh is not vectorised at all: GELU then costs as much as a 128-wide 
   causal_attention(qkv)         softmax(Q Kᵀ/√d_k, causal) V per head,  twin: F.scaled_dot_product_attention
                                 read straight from the fused projection  (is_causal=True)
   layer_norm(x, γ, β, eps)      layer norm, forward and backward         twin: F.layer_norm
+  total_norm(tensors), clip_    ‖g‖₂ over all gradients, clipping        twin: torch.nn.utils.get_total_norm,
+                                                                               clip_grads_with_norm_
+  adamw_step(…)                 AdamW over all parameters in one pass    twin: torch.optim.AdamW
 
 The C source is compiled on first use with the system's C compiler into the groundup cache and loaded
 with ctypes. Without a compiler, on other devices or dtypes, under torch.compile, or with
@@ -78,8 +81,12 @@ def _build() -> ctypes.CDLL:
                                        i32, i32, i32, i32, f32, i32]
     lib.layer_norm_forward.argtypes = [f32p, f32p, f32p, f32p, f32p, f32p, i64, i32, f32, i32]
     lib.layer_norm_backward.argtypes = [f32p, f32p, f32p, f32p, f32p, f32p, f32p, f32p, f32p, i64, i32, i32]
+    lib.sum_of_squares.argtypes = [f32p, f32p, i32, i32]
+    lib.sum_of_squares.restype = ctypes.c_double
+    lib.scale.argtypes = [f32p, f32p, i32, f32, i32]
+    lib.adamw_step.argtypes = [f32p, f32p, f32p, f32p, f32p, i32, f32, f32, f32, f32, f32, f32, f32, i32]
     for fn in (lib.gelu_forward, lib.gelu_backward, lib.attention_forward, lib.attention_backward,
-               lib.layer_norm_forward, lib.layer_norm_backward):
+               lib.layer_norm_forward, lib.layer_norm_backward, lib.scale, lib.adamw_step):
         fn.restype = None
     return lib
 
@@ -111,8 +118,8 @@ def enabled() -> bool:
 def _usable(*tensors: torch.Tensor) -> bool:
     if torch.compiler.is_compiling() or torch.is_autocast_enabled("cpu"):
         return False
-    if not all(type(t) in (torch.Tensor, torch.nn.Parameter) and t.device.type == "cpu" and t.dtype == torch.float32
-               for t in tensors):  # (a tensor subclass such as FSDP's DTensor goes to PyTorch's own op)
+    if not all(type(t) in (torch.Tensor, torch.nn.Parameter) and t.layout == torch.strided and t.device.type == "cpu"
+               and t.dtype == torch.float32 for t in tensors):  # (a tensor subclass such as FSDP's DTensor goes to PyTorch's own op)
         return False
     return enabled()
 
@@ -217,3 +224,50 @@ def layer_norm(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor 
     if weight is not None and _usable(x, weight, *([bias] if bias is not None else [])):
         return _LayerNorm.apply(x, weight, bias, eps)
     return F.layer_norm(x, x.shape[-1:], weight, bias, eps)
+
+
+# ---- many tensors in one call: gradient norm, clipping, AdamW ------------------------------------
+def _pointers(tensors) -> tuple[ctypes.Array, ctypes.Array]:
+    ptrs = (ctypes.c_void_p * len(tensors))(*[t.data_ptr() for t in tensors])
+    sizes = (ctypes.c_int64 * len(tensors))(*[t.numel() for t in tensors])
+    return ptrs, sizes
+
+
+def applies(tensors) -> bool:
+    """True where the many-tensor kernels below can take these tensors (contiguous float32 on the CPU)."""
+    return bool(tensors) and _usable(*tensors) and all(t.is_contiguous() for t in tensors)
+
+
+def total_norm(tensors: list[torch.Tensor]) -> torch.Tensor | None:
+    """‖x‖₂ over every element of every tensor (summed in float64), as a float32 0-dim tensor; None
+    where the kernel does not apply."""
+    if not applies(tensors):
+        return None
+    ptrs, sizes = _pointers(tensors)
+    return torch.tensor(library().sum_of_squares(ptrs, sizes, len(tensors), torch.get_num_threads()) ** 0.5,
+                        dtype=torch.float32)
+
+
+def clip_(tensors: list[torch.Tensor], max_norm: float, norm: torch.Tensor) -> bool:
+    """Scale every tensor in place by min(1, max_norm / (norm + 1e-6)) (torch.nn.utils.
+    clip_grads_with_norm_'s rule); False (nothing done) where the kernel does not apply."""
+    if not applies(tensors):
+        return False
+    factor = max_norm / (float(norm) + 1e-6)
+    if factor < 1.0:
+        ptrs, sizes = _pointers(tensors)
+        library().scale(ptrs, sizes, len(tensors), factor, torch.get_num_threads())
+    return True
+
+
+def adamw_step(params, grads, exp_avgs, exp_avg_sqs, *, step: int, lr: float, beta1: float, beta2: float,
+               eps: float, weight_decay: float) -> bool:
+    """One AdamW update of every parameter in place (torch.optim.AdamW's formula); False where the
+    kernel does not apply."""
+    if not applies([*params, *grads, *exp_avgs, *exp_avg_sqs]):
+        return False
+    lists = [_pointers(ts)[0] for ts in (params, grads, exp_avgs, exp_avg_sqs)]
+    sizes = _pointers(params)[1]
+    library().adamw_step(*lists, sizes, len(params), lr, beta1, beta2, eps, weight_decay,
+                         1 - beta1 ** step, (1 - beta2 ** step) ** 0.5, torch.get_num_threads())
+    return True

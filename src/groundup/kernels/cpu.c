@@ -194,26 +194,33 @@ static void load_rows_transposed(const float *src, int64_t row_stride, int T, in
 }
 
 /* Row i of S (scores, unscaled) → P = softmax(scale·S) over keys 0..i, zero beyond (to the end of
- * the row's last 16-key block); returns the log-sum-exp of the row. */
+ * the row's last 16-key block); returns the log-sum-exp of the row. The loops run over whole
+ * 16-key blocks with 16 running maxima / sums, so each block is one vector operation. */
 static inline float softmax_row(float *s, int i, float scale) {
-    const int nj = (i + TC) / TC * TC;
-    float m = -3.0e38f;
-#pragma omp simd reduction(max : m)
-    for (int j = 0; j < nj; j++) {
-        const float x = s[j], masked = j <= i ? x : -3.0e38f;
-        m = masked > m ? masked : m;
-    }
+    const int blocks = i / TC + 1;
+    float mx[TC], sm[TC];
+    for (int l = 0; l < TC; l++) mx[l] = -3.0e38f, sm[l] = 0.0f;
+    for (int jb = 0; jb < blocks; jb++)
+        for (int l = 0; l < TC; l++) {
+            const int j = jb * TC + l;
+            const float x = s[j], masked = j <= i ? x : -3.0e38f;
+            mx[l] = masked > mx[l] ? masked : mx[l];
+        }
+    float m = mx[0];
+    for (int l = 1; l < TC; l++) m = mx[l] > m ? mx[l] : m;
     m *= scale;
+    for (int jb = 0; jb < blocks; jb++)
+        for (int l = 0; l < TC; l++) {
+            const int j = jb * TC + l;
+            const float e = exp_fast(s[j] * scale - m);
+            s[j] = j <= i ? e : 0.0f;
+            sm[l] += s[j];
+        }
     float sum = 0.0f;
-#pragma omp simd reduction(+ : sum)
-    for (int j = 0; j < nj; j++) {
-        const float e = exp_fast(s[j] * scale - m);
-        s[j] = j <= i ? e : 0.0f;
-        sum += s[j];
-    }
+    for (int l = 0; l < TC; l++) sum += sm[l];
     const float inv = 1.0f / sum;
-#pragma omp simd
-    for (int j = 0; j < nj; j++) s[j] *= inv;
+    for (int jb = 0; jb < blocks; jb++)
+        for (int l = 0; l < TC; l++) s[jb * TC + l] *= inv;
     return m + logf(sum);
 }
 
@@ -268,16 +275,16 @@ void attention_backward(const float *q, const float *k, const float *v, int64_t 
             float *p = P + (size_t)i * Tp, *ds = dS + (size_t)i * Tp;
             const float *oi = out + obase + (int64_t)i * C, *doi = dO + (size_t)i * d;
             const float l = lse[(int64_t)bh * T + i];
-            const int nj = (i + TC) / TC * TC;
             float delta = 0.0f; /* rowsum(dO ⊙ O) */
 #pragma omp simd reduction(+ : delta)
             for (int c = 0; c < d; c++) delta += doi[c] * oi[c];
-#pragma omp simd
-            for (int j = 0; j < nj; j++) {
-                const float e = exp_fast(p[j] * scale - l);
-                p[j] = j <= i ? e : 0.0f;
-                ds[j] = scale * p[j] * (ds[j] - delta);
-            }
+            for (int jb = 0; jb <= i / TC; jb++)
+                for (int lane = 0; lane < TC; lane++) {
+                    const int j = jb * TC + lane;
+                    const float e = exp_fast(p[j] * scale - l);
+                    p[j] = j <= i ? e : 0.0f;
+                    ds[j] = scale * p[j] * (ds[j] - delta);
+                }
         }
         causal_product(SUM_UP_TO_ROW, Tp, d, T, dS, Tp, K, d, G, d); /* dQ = dS K */
         store_rows(G, T, d, dq + base, row_stride);
@@ -287,4 +294,77 @@ void attention_backward(const float *q, const float *k, const float *v, int64_t 
         store_rows(G, T, d, dv + base, row_stride);
         free(buf);
     }
+}
+
+/* ---- over many tensors at once: gradient norm, scaling, AdamW ---------------------------------
+ * Each takes `count` float32 tensors as arrays of pointers and lengths and splits the work into
+ * fixed chunks of CHUNK elements, so sums come out the same for any number of threads. */
+#define CHUNK 16384
+
+typedef struct { int tensor; int64_t start, end; } chunk_t;
+
+static chunk_t *split(const int64_t *n, int count, int *chunks) {
+    int total = 0;
+    for (int t = 0; t < count; t++) total += (int)((n[t] + CHUNK - 1) / CHUNK);
+    chunk_t *c = malloc(sizeof(chunk_t) * (total ? total : 1));
+    int i = 0;
+    for (int t = 0; t < count; t++)
+        for (int64_t s = 0; s < n[t]; s += CHUNK) c[i++] = (chunk_t){t, s, s + CHUNK < n[t] ? s + CHUNK : n[t]};
+    *chunks = total;
+    return c;
+}
+
+/* Σ x² over every element of every tensor, accumulated in float64 */
+double sum_of_squares(float *const *x, const int64_t *n, int count, int threads) {
+    int chunks;
+    chunk_t *c = split(n, count, &chunks);
+    double *partial = malloc(sizeof(double) * (chunks ? chunks : 1)), total = 0.0;
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (int i = 0; i < chunks; i++) {
+        const float *p = x[c[i].tensor];
+        double s = 0.0;
+#pragma omp simd reduction(+ : s)
+        for (int64_t j = c[i].start; j < c[i].end; j++) s += (double)p[j] * p[j];
+        partial[i] = s;
+    }
+    for (int i = 0; i < chunks; i++) total += partial[i];
+    free(partial);
+    free(c);
+    return total;
+}
+
+void scale(float *const *x, const int64_t *n, int count, float factor, int threads) {
+    int chunks;
+    chunk_t *c = split(n, count, &chunks);
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (int i = 0; i < chunks; i++) {
+        float *p = x[c[i].tensor];
+#pragma omp simd
+        for (int64_t j = c[i].start; j < c[i].end; j++) p[j] *= factor;
+    }
+    free(c);
+}
+
+/* AdamW (Loshchilov & Hutter), as torch.optim.AdamW computes it:
+ *   θ ← θ·(1 − lr·λ);  m ← β₁m + (1 − β₁)g;  v ← β₂v + (1 − β₂)g²;
+ *   θ ← θ − lr/(1 − β₁ᵗ) · m / (√v / √(1 − β₂ᵗ) + ε) */
+void adamw_step(float *const *param, float *const *grad, float *const *exp_avg, float *const *exp_avg_sq,
+                const int64_t *n, int count, float lr, float beta1, float beta2, float eps, float weight_decay,
+                float bias_correction1, float bias_correction2_sqrt, int threads) {
+    int chunks;
+    chunk_t *c = split(n, count, &chunks);
+    const float decay = 1.0f - lr * weight_decay, step_size = lr / bias_correction1;
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (int i = 0; i < chunks; i++) {
+        const int t = c[i].tensor;
+        float *p = param[t], *m = exp_avg[t], *v = exp_avg_sq[t];
+        const float *g = grad[t];
+#pragma omp simd
+        for (int64_t j = c[i].start; j < c[i].end; j++) {
+            m[j] += (1.0f - beta1) * (g[j] - m[j]); /* = β₁m + (1 − β₁)g, as torch's lerp computes it */
+            v[j] = beta2 * v[j] + (1.0f - beta2) * g[j] * g[j];
+            p[j] = p[j] * decay - step_size * m[j] / (sqrtf(v[j]) / bias_correction2_sqrt + eps);
+        }
+    }
+    free(c);
 }

@@ -13,6 +13,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from groundup import kernels
+
 
 def decays(name: str, ndim: int) -> bool:
     """True for the weight matrices (ndim 2, not embeddings) that get weight decay."""
@@ -24,7 +26,61 @@ def named_parameters(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
     return [(n, p) for n, p in model.named_parameters() if p.requires_grad]
 
 
-def configure_adamw(model: nn.Module, train_config, device: torch.device) -> torch.optim.AdamW:
+class AdamW(torch.optim.AdamW):
+    """torch.optim.AdamW — same hyperparameters, same state (step, exp_avg, exp_avg_sq), same update
+    rule — whose step runs as one fused pass over every parameter on the CPU (groundup.kernels);
+    anywhere else, or for options the kernel lacks, torch's own implementation runs."""
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        if closure is None and self._kernel_step():
+            return None
+        return super().step(closure)
+
+    def _kernel_step(self) -> bool:
+        """The fused CPU update; False (nothing touched) where it does not apply."""
+        plan = []
+        for group in self.param_groups:
+            if group["amsgrad"] or group["maximize"] or group["capturable"] or group["differentiable"]:
+                return False
+            params = [p for p in group["params"] if p.grad is not None]
+            states = [self.state.get(p) for p in params]
+            steps = {int(s["step"]) if s else 0 for s in states}
+            tensors = [*params, *(p.grad for p in params), *(t for s in states if s for t in (s["exp_avg"], s["exp_avg_sq"]))]
+            if params and (len(steps) != 1 or isinstance(group["lr"], torch.Tensor) or not kernels.applies(tensors)):
+                return False  # (parameters at different step counts, or not plain float32 CPU tensors)
+            if params:
+                plan.append((group, params, steps.pop() + 1))
+        for group, params, step in plan:
+            for p in params:
+                if not self.state.get(p):
+                    self.state[p] = {"step": torch.tensor(0.0), "exp_avg": torch.zeros_like(p), "exp_avg_sq": torch.zeros_like(p)}
+            states = [self.state[p] for p in params]
+            beta1, beta2 = group["betas"]
+            kernels.adamw_step(params, [p.grad for p in params], [s["exp_avg"] for s in states],
+                               [s["exp_avg_sq"] for s in states], step=step, lr=group["lr"], beta1=beta1, beta2=beta2,
+                               eps=group["eps"], weight_decay=group["weight_decay"])
+            for s in states:
+                s["step"].fill_(step)
+        return True
+
+
+def gradient_norm(parameters: list[nn.Parameter]) -> torch.Tensor:
+    """‖g‖₂ over all the gradients taken as one vector (one fused pass on the CPU; torch's
+    get_total_norm elsewhere)."""
+    grads = [p.grad for p in parameters if p.grad is not None]
+    norm = kernels.total_norm(grads)
+    return norm if norm is not None else torch.nn.utils.get_total_norm(grads)
+
+
+def clip_gradients_(parameters: list[nn.Parameter], max_norm: float, norm: torch.Tensor) -> None:
+    """Scale every gradient by min(1, max_norm / (‖g‖₂ + 1e-6)): torch.nn.utils.clip_grads_with_norm_,
+    in one fused pass on the CPU."""
+    if not kernels.clip_([p.grad for p in parameters if p.grad is not None], max_norm, norm):
+        torch.nn.utils.clip_grads_with_norm_(parameters, max_norm, norm)
+
+
+def configure_adamw(model: nn.Module, train_config, device: torch.device) -> AdamW:
     t = train_config
     params = named_parameters(model)
     groups = [
@@ -35,10 +91,10 @@ def configure_adamw(model: nn.Module, train_config, device: torch.device) -> tor
     # Fused AdamW (one kernel for every parameter) where the device has it: CUDA, and CPU since torch 2.4.
     if device.type in ("cuda", "cpu") and all(p.dtype in (torch.float32, torch.float64) for _, p in params):
         try:
-            return torch.optim.AdamW(groups, fused=True, **kwargs)
+            return AdamW(groups, fused=True, **kwargs)
         except (RuntimeError, TypeError):
             pass
-    return torch.optim.AdamW(groups, **kwargs)
+    return AdamW(groups, **kwargs)
 
 
 def optimizer_state_tensors(optimizer: torch.optim.Optimizer, model: nn.Module) -> tuple[dict[str, torch.Tensor], int]:

@@ -41,7 +41,8 @@ from groundup.train.distributed import (
     skip_gradient_sync, weights_in_sync,
 )
 from groundup.train.guards import FaultInjector, Guard, parse_faults
-from groundup.train.optim import configure_adamw, load_optimizer_state_tensors, named_parameters, optimizer_state_tensors
+from groundup.train.optim import (clip_gradients_, configure_adamw, gradient_norm, load_optimizer_state_tensors,
+                                  named_parameters, optimizer_state_tensors)
 from groundup.train.schedule import lr_at
 from groundup.util.device import autocast, autocast_dtype, keep_freed_memory, param_dtype, pick_device
 from groundup.util.metrics import MetricsLogger, read_metrics
@@ -341,7 +342,7 @@ def _train(config: RunConfig, run_dir: Path, resume: bool, progress: bool, info:
                 (loss / t.grad_accum_steps).backward()
             loss_sum += loss.detach()
         # ‖g‖₂ over all parameters; then one all-reduce, so every rank judges the same numbers
-        grad_norm = torch.nn.utils.get_total_norm([p.grad for p in parameters if p.grad is not None])
+        grad_norm = gradient_norm(parameters)
         if is_sharded(grad_norm):  # FSDP: already the global norm, replicated on every rank
             grad_norm = grad_norm.full_tensor()
         stats = all_reduce_mean(torch.stack([loss_sum / t.grad_accum_steps, grad_norm.to(loss_sum.dtype)]), info)
@@ -349,7 +350,7 @@ def _train(config: RunConfig, run_dir: Path, resume: bool, progress: bool, info:
         verdict = guard.check(step + 1, loss_value, norm_value)
         if verdict.action == "ok":
             if t.grad_clip > 0:
-                torch.nn.utils.clip_grads_with_norm_(parameters, t.grad_clip, grad_norm)
+                clip_gradients_(parameters, t.grad_clip, grad_norm)
             optimizer.step()
         optimizer.zero_grad(set_to_none=True)  # a skipped step leaves weights and Adam moments untouched
         step += 1
