@@ -32,6 +32,15 @@ def test_gelu_matches_torch_tanh_gelu():
     torch.testing.assert_close(dx, ref_dx, rtol=1e-5, atol=5e-6)
 
 
+def test_gelu_with_bias_matches_torch_and_gives_the_bias_gradient():
+    x, b = torch.randn(5, 70, 48) * 2, torch.randn(48)
+    out, (dx, db) = grads(kernels.gelu, x, b)
+    ref, (ref_dx, ref_db) = grads(lambda x, b: F.gelu(x + b, approximate="tanh"), x, b)
+    torch.testing.assert_close(out, ref, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(dx, ref_dx, rtol=1e-5, atol=5e-6)
+    torch.testing.assert_close(db, ref_db, rtol=1e-5, atol=1e-4)  # a sum over 350 rows
+
+
 def test_gelu_extreme_inputs():
     x = torch.tensor([-1e30, -1e4, -100.0, -10.0, -1e-30, 0.0, 1e-30, 10.0, 100.0, 1e4, 1e30])
     torch.testing.assert_close(kernels.gelu(x), F.gelu(x, approximate="tanh"), rtol=1e-6, atol=1e-6)
@@ -57,6 +66,15 @@ def test_attention_matches_sdpa(B, T, H, d):
     torch.testing.assert_close(g, ref_g, rtol=1e-4, atol=1e-5)
 
 
+def test_attention_with_bias_matches_sdpa_of_biased_projection():
+    qkv, bias = torch.randn(3, 40, 3, 2, 16), torch.randn(3 * 2 * 16)
+    out, (g, gb) = grads(kernels.causal_attention, qkv, bias)
+    ref, (ref_g, ref_gb) = grads(lambda qkv, bias: sdpa_from_qkv(qkv + bias.view(3, 2, 16)), qkv, bias)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(g, ref_g, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(gb, ref_gb, rtol=1e-4, atol=1e-4)
+
+
 def test_attention_is_causal_and_handles_large_scores():
     qkv = torch.randn(2, 48, 3, 2, 32, generator=torch.Generator().manual_seed(1)) * 30  # scores ~1e3-1e4:
     # without subtracting each row's max, exp overflows to inf
@@ -70,8 +88,11 @@ def test_attention_is_causal_and_handles_large_scores():
     torch.testing.assert_close(kernels.causal_attention(changed)[:, :30], out[:, :30], rtol=0, atol=0)
 
 
-def test_attention_head_size_not_multiple_of_16_falls_back():
-    assert kernels.causal_attention(torch.randn(1, 8, 3, 2, 12)) is None
+def test_attention_applies_only_to_head_sizes_in_blocks_of_16():
+    assert kernels.attention_applies(32, torch.randn(2)) and not kernels.attention_applies(12, torch.randn(2))
+    assert not kernels.attention_applies(32, torch.randn(2, dtype=torch.float64))
+    with pytest.raises(ValueError, match="multiple of 16"):
+        kernels.causal_attention(torch.randn(1, 8, 3, 2, 12))
 
 
 @pytest.mark.parametrize("bias", [True, False])
@@ -95,15 +116,16 @@ def test_layer_norm_matches_torch(bias):
 
 def test_results_do_not_depend_on_thread_count():
     torch.manual_seed(0)
-    qkv, x, w = torch.randn(4, 64, 3, 4, 32), torch.randn(256, 128), torch.randn(128)
+    qkv, qkv_bias, x, w = torch.randn(4, 64, 3, 4, 32), torch.randn(384), torch.randn(256, 128), torch.randn(128)
     results = []
     before = torch.get_num_threads()
     try:
         for threads in (1, 2, 3):
             torch.set_num_threads(threads)
-            _, (ga,) = grads(kernels.causal_attention, qkv)
+            _, ga = grads(kernels.causal_attention, qkv, qkv_bias)
             _, gl = grads(lambda x, w: kernels.layer_norm(x, w, None, 1e-5), x, w)
-            results.append([ga, *gl])
+            _, gg = grads(kernels.gelu, x, w)
+            results.append([*ga, *gl, *gg])
     finally:
         torch.set_num_threads(before)
     for other in results[1:]:
@@ -116,9 +138,9 @@ def test_fallbacks_other_dtypes_and_turned_off():
     assert not kernels._usable(x64)
     torch.testing.assert_close(kernels.gelu(x64), F.gelu(x64, approximate="tanh"))
     script = ("from groundup import kernels; import torch; "
-              "print(kernels.enabled(), kernels.unavailable_reason(), kernels.causal_attention(torch.randn(1, 4, 3, 1, 16)))")
+              "print(kernels.enabled(), kernels.unavailable_reason(), kernels.attention_applies(16, torch.randn(1)))")
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env={"GROUNDUP_KERNELS": "0", "PATH": ""})
-    assert out.stdout.split() == ["False", "turned", "off", "by", "GROUNDUP_KERNELS=0", "None"], out.stderr
+    assert out.stdout.split() == ["False", "turned", "off", "by", "GROUNDUP_KERNELS=0", "False"], out.stderr
 
 
 def test_model_trains_the_same_with_and_without_kernels():

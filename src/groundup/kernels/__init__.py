@@ -4,9 +4,11 @@ On a CPU, PyTorch's eager mode runs each elementwise op as its own pass over mem
 builds its tanh is not vectorised at all: GELU then costs as much as a 128-wide matmul. These kernels
 (kernels/cpu.c) do each job in one pass and are used automatically for float32 tensors on the CPU:
 
-  gelu(x)                       GELU, tanh form, forward and backward   twin: F.gelu(x, approximate="tanh")
-  causal_attention(qkv)         softmax(Q Kᵀ/√d_k, causal) V per head,  twin: F.scaled_dot_product_attention
+  gelu(x, bias)                 GELU (tanh form) of x + bias, with the   twin: F.gelu(x + bias, approximate="tanh")
+                                bias gradient
+  causal_attention(qkv, bias)   softmax(Q Kᵀ/√d_k, causal) V per head,  twin: F.scaled_dot_product_attention
                                 read straight from the fused projection  (is_causal=True)
+                                and its bias
   layer_norm(x, γ, β, eps)      layer norm, forward and backward         twin: F.layer_norm
   total_norm(tensors), clip_    ‖g‖₂ over all gradients, clipping        twin: torch.nn.utils.get_total_norm,
                                                                                clip_grads_with_norm_
@@ -74,11 +76,11 @@ def _build() -> ctypes.CDLL:
                 os.unlink(tmp)
     lib = ctypes.CDLL(str(path))
     f32p, i64, i32, f32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_float
-    lib.gelu_forward.argtypes = [f32p, f32p, i64, i32]
-    lib.gelu_backward.argtypes = [f32p, f32p, f32p, i64, i32]
-    lib.attention_forward.argtypes = [f32p, f32p, f32p, i64, i64, f32p, f32p, i32, i32, i32, i32, f32, i32]
-    lib.attention_backward.argtypes = [f32p, f32p, f32p, i64, i64, f32p, f32p, f32p, f32p, f32p, f32p,
-                                       i32, i32, i32, i32, f32, i32]
+    lib.gelu_forward.argtypes = [f32p, f32p, f32p, i64, i32, i32]
+    lib.gelu_backward.argtypes = [f32p, f32p, f32p, f32p, f32p, f32p, i64, i32, i32]
+    lib.attention_forward.argtypes = [f32p, f32p, f32p, i64, i64, f32p, f32p, f32p, i32, i32, i32, i32, f32, i32]
+    lib.attention_backward.argtypes = [f32p, f32p, f32p, i64, i64, f32p, f32p, f32p, f32p, f32p, f32p, f32p,
+                                       f32p, f32p, i32, i32, i32, i32, f32, i32]
     lib.layer_norm_forward.argtypes = [f32p, f32p, f32p, f32p, f32p, f32p, i64, i32, f32, i32]
     lib.layer_norm_backward.argtypes = [f32p, f32p, f32p, f32p, f32p, f32p, f32p, f32p, f32p, i64, i32, i32]
     lib.sum_of_squares.argtypes = [f32p, f32p, i32, i32]
@@ -128,68 +130,88 @@ def _ptr(t: torch.Tensor) -> int:
     return t.data_ptr()
 
 
+CHUNKS = 16  # cpu.c sums bias gradients over this many fixed parts of the rows
+
+
+def _ptr_or_none(t: torch.Tensor | None) -> int | None:
+    return t.data_ptr() if t is not None else None
+
+
 class _Gelu(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x):
+    def forward(ctx, x, bias):
         x = x.contiguous()
         y = torch.empty_like(x)
-        library().gelu_forward(_ptr(x), _ptr(y), x.numel(), torch.get_num_threads())
-        ctx.save_for_backward(x)
+        cols = x.shape[-1]
+        library().gelu_forward(_ptr(x), _ptr_or_none(bias), _ptr(y), x.numel() // cols, cols, torch.get_num_threads())
+        ctx.save_for_backward(x, bias)
         return y
 
     @staticmethod
     def backward(ctx, dy):
-        (x,) = ctx.saved_tensors
+        x, bias = ctx.saved_tensors
         dy = dy.contiguous()
-        dx = torch.empty_like(x)
-        library().gelu_backward(_ptr(x), _ptr(dy), _ptr(dx), x.numel(), torch.get_num_threads())
-        return dx
+        cols = x.shape[-1]
+        dx, scratch = torch.empty_like(x), x.new_empty(CHUNKS * cols)
+        dbias = torch.empty_like(bias) if bias is not None else None
+        library().gelu_backward(_ptr(x), _ptr_or_none(bias), _ptr(dy), _ptr(dx), _ptr_or_none(dbias), _ptr(scratch),
+                                x.numel() // cols, cols, torch.get_num_threads())
+        return dx, dbias
 
 
-def gelu(x: torch.Tensor) -> torch.Tensor:
-    """GELU, tanh form (as GPT-2): 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³)))."""
-    if _usable(x):
-        return _Gelu.apply(x)
-    return F.gelu(x, approximate="tanh")
+def gelu(x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """GELU, tanh form (as GPT-2), of x (+ bias over the last dimension):
+    0.5·z·(1 + tanh(√(2/π)·(z + 0.044715·z³))), z = x + bias."""
+    if _usable(x, *([bias] if bias is not None else [])):
+        return _Gelu.apply(x, bias)
+    return F.gelu(x if bias is None else x + bias, approximate="tanh")
 
 
 class _CausalAttention(torch.autograd.Function):
-    """qkv: (B, T, 3, H, d) — the fused projection's output, read in place. Returns (B, T, H·d)."""
+    """qkv: (B, T, 3, H, d) — the fused projection's output, read in place — and its bias (3·H·d) or
+    None. Returns (B, T, H·d)."""
 
     @staticmethod
-    def forward(ctx, qkv):
+    def forward(ctx, qkv, bias):
         qkv = qkv.contiguous()
         B, T, _, H, d = qkv.shape
         out = qkv.new_empty(B, T, H * d)
         lse = qkv.new_empty(B, H, T)
         row, batch, scale = 3 * H * d, T * 3 * H * d, d ** -0.5
         base = _ptr(qkv)
-        library().attention_forward(base, base + 4 * H * d, base + 8 * H * d, row, batch, _ptr(out), _ptr(lse),
-                                    B, T, H, d, scale, torch.get_num_threads())
-        ctx.save_for_backward(qkv, out, lse)
+        library().attention_forward(base, base + 4 * H * d, base + 8 * H * d, row, batch, _ptr_or_none(bias), _ptr(out),
+                                    _ptr(lse), B, T, H, d, scale, torch.get_num_threads())
+        ctx.save_for_backward(qkv, bias, out, lse)
         return out
 
     @staticmethod
     def backward(ctx, dout):
-        qkv, out, lse = ctx.saved_tensors
+        qkv, bias, out, lse = ctx.saved_tensors
         B, T, _, H, d = qkv.shape
         dout = dout.contiguous()
         dqkv = torch.empty_like(qkv)  # every element is written: dQ rows, dK and dV rows, all heads
+        dbias, scratch = (torch.empty_like(bias), qkv.new_empty(B * 3 * H * d)) if bias is not None else (None, None)
         row, batch, scale = 3 * H * d, T * 3 * H * d, d ** -0.5
         base, grad = _ptr(qkv), _ptr(dqkv)
-        library().attention_backward(base, base + 4 * H * d, base + 8 * H * d, row, batch, _ptr(out), _ptr(dout),
-                                     _ptr(lse), grad, grad + 4 * H * d, grad + 8 * H * d,
-                                     B, T, H, d, scale, torch.get_num_threads())
-        return dqkv
+        library().attention_backward(base, base + 4 * H * d, base + 8 * H * d, row, batch, _ptr_or_none(bias), _ptr(out),
+                                     _ptr(dout), _ptr(lse), grad, grad + 4 * H * d, grad + 8 * H * d,
+                                     _ptr_or_none(dbias), _ptr_or_none(scratch), B, T, H, d, scale,
+                                     torch.get_num_threads())
+        return dqkv, dbias
 
 
-def causal_attention(qkv: torch.Tensor) -> torch.Tensor | None:
-    """Causal self-attention straight from the fused projection qkv (B, T, 3, H, d) → heads
-    concatenated (B, T, H·d); None where the kernel does not apply (d not a multiple of 16, not
-    float32 on the CPU …): the caller then uses sdpa."""
-    if qkv.shape[-1] % 16 or not _usable(qkv):  # the kernel works in blocks of 16 floats of a head
-        return None
-    return _CausalAttention.apply(qkv)
+def attention_applies(head_size: int, *tensors: torch.Tensor) -> bool:
+    """True where causal_attention can run on these tensors (float32 on the CPU, head size a multiple
+    of 16: the kernel works in blocks of 16 floats)."""
+    return head_size % 16 == 0 and _usable(*tensors)
+
+
+def causal_attention(qkv: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """Causal self-attention straight from the fused projection: qkv (B, T, 3, H, d) without its bias,
+    plus the bias (3·H·d) or None → heads concatenated (B, T, H·d). Only where attention_applies."""
+    if not attention_applies(qkv.shape[-1], qkv, *([bias] if bias is not None else [])):
+        raise ValueError("causal_attention needs float32 CPU tensors and a head size that is a multiple of 16")
+    return _CausalAttention.apply(qkv, bias)
 
 
 class _LayerNorm(torch.autograd.Function):
@@ -212,7 +234,7 @@ class _LayerNorm(torch.autograd.Function):
         C = x.shape[-1]
         dx, dweight = torch.empty_like(x), torch.empty_like(weight)
         dbias = torch.empty_like(weight) if ctx.has_bias else None
-        scratch = x.new_empty(2 * 16 * C)  # LN_CHUNKS partial sums of dγ and dβ
+        scratch = x.new_empty(2 * CHUNKS * C)  # partial sums of dγ and dβ
         library().layer_norm_backward(_ptr(x), _ptr(weight), _ptr(mean), _ptr(rstd), _ptr(dy), _ptr(dx), _ptr(dweight),
                                       _ptr(dbias) if dbias is not None else None, _ptr(scratch),
                                       x.numel() // C, C, torch.get_num_threads())
@@ -260,14 +282,15 @@ def clip_(tensors: list[torch.Tensor], max_norm: float, norm: torch.Tensor) -> b
     return True
 
 
-def adamw_step(params, grads, exp_avgs, exp_avg_sqs, *, step: int, lr: float, beta1: float, beta2: float,
-               eps: float, weight_decay: float) -> bool:
-    """One AdamW update of every parameter in place (torch.optim.AdamW's formula); False where the
-    kernel does not apply."""
-    if not applies([*params, *grads, *exp_avgs, *exp_avg_sqs]):
-        return False
-    lists = [_pointers(ts)[0] for ts in (params, grads, exp_avgs, exp_avg_sqs)]
-    sizes = _pointers(params)[1]
-    library().adamw_step(*lists, sizes, len(params), lr, beta1, beta2, eps, weight_decay,
-                         1 - beta1 ** step, (1 - beta2 ** step) ** 0.5, torch.get_num_threads())
-    return True
+def tensor_pointers(params, exp_avgs, exp_avg_sqs) -> tuple:
+    """The addresses adamw_step needs, made once: parameters and moments are updated in place."""
+    return _pointers(params)[0], _pointers(exp_avgs)[0], _pointers(exp_avg_sqs)[0], _pointers(params)[1]
+
+
+def adamw_step(pointers: tuple, grads: list[torch.Tensor], *, step: int, lr: float, beta1: float, beta2: float,
+               eps: float, weight_decay: float) -> None:
+    """One AdamW update in place (torch.optim.AdamW's formula) of the parameters and moments that
+    `pointers` (from tensor_pointers) names, with these gradients (checked with `applies`)."""
+    params, exp_avgs, exp_avg_sqs, sizes = pointers
+    library().adamw_step(params, _pointers(grads)[0], exp_avgs, exp_avg_sqs, sizes, len(grads), lr, beta1, beta2, eps,
+                         weight_decay, 1 - beta1 ** step, (1 - beta2 ** step) ** 0.5, torch.get_num_threads())

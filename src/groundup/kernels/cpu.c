@@ -4,8 +4,8 @@
  * plain-PyTorch twin that the tests compare it with (groundup/kernels/__init__.py says which).
  * Built on first use with the system C compiler (gcc -O3 -march=native -fopenmp), loaded with ctypes.
  *
- *   gelu_forward / gelu_backward     GELU, tanh form: 0.5·x·(1 + tanh(u)) = x·σ(2u),
- *                                    u = √(2/π)·(x + 0.044715·x³)
+ *   gelu_forward / gelu_backward     GELU, tanh form, of x + bias: 0.5·z·(1 + tanh(u)) = z·σ(2u),
+ *                                    u = √(2/π)·(z + 0.044715·z³)
  *   attention_forward / _backward    causal softmax(Q Kᵀ · scale) V per (batch, head), the backward
  *                                    pass by hand, keeping only the log-sum-exp of each row
  *
@@ -41,19 +41,55 @@ static inline float gelu_sigma(float x) {
     return 1.0f / (1.0f + exp_fast(-2.0f * u));
 }
 
-void gelu_forward(const float *x, float *y, int64_t n, int threads) {
-#pragma omp parallel for simd num_threads(threads) schedule(static)
-    for (int64_t i = 0; i < n; i++) y[i] = x[i] * gelu_sigma(x[i]);
+/* y = GELU(x + b), x (rows × cols), b (cols) or NULL: the feed-forward layer's bias comes in here
+ * instead of in the matmul (which would write the output once more just to add it). */
+void gelu_forward(const float *x, const float *bias, float *y, int64_t rows, int cols, int threads) {
+    float *zeros = bias ? NULL : calloc(cols, sizeof(float)); /* (a branch inside the loop would not vectorise) */
+    if (!bias) bias = zeros;
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (int64_t r = 0; r < rows; r++) {
+        const float *xr = x + r * cols;
+        float *yr = y + r * cols;
+#pragma omp simd
+        for (int c = 0; c < cols; c++) {
+            const float z = xr[c] + bias[c];
+            yr[c] = z * gelu_sigma(z);
+        }
+    }
+    free(zeros);
 }
 
-/* d/dx [x·σ(2u)] = σ + x·σ(1 − σ)·2u',  u' = √(2/π)·(1 + 3·0.044715·x²) */
-void gelu_backward(const float *x, const float *dy, float *dx, int64_t n, int threads) {
-#pragma omp parallel for simd num_threads(threads) schedule(static)
-    for (int64_t i = 0; i < n; i++) {
-        float s = gelu_sigma(x[i]);
-        float du = GELU_K0 * (1.0f + 3.0f * GELU_K1 * x[i] * x[i]);
-        dx[i] = dy[i] * (s + 2.0f * x[i] * s * (1.0f - s) * du);
+/* d/dz [z·σ(2u)] = σ + z·σ(1 − σ)·2u',  u' = √(2/π)·(1 + 3·0.044715·z²);  dx = dy·that,
+ * db = Σ_rows dx, summed over a fixed split of the rows (CHUNKS parts, then the parts in order) so
+ * the result does not depend on the number of threads. scratch: CHUNKS·cols floats. */
+#define CHUNKS 16
+void gelu_backward(const float *x, const float *bias, const float *dy, float *dx, float *dbias, float *scratch,
+                   int64_t rows, int cols, int threads) {
+    float *zeros = bias ? NULL : calloc(cols, sizeof(float));
+    if (!bias) bias = zeros;
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (int part = 0; part < CHUNKS; part++) {
+        float *db = scratch + (size_t)part * cols;
+        for (int c = 0; c < cols; c++) db[c] = 0.0f;
+        for (int64_t r = rows * part / CHUNKS; r < rows * (part + 1) / CHUNKS; r++) {
+            const float *xr = x + r * cols, *dyr = dy + r * cols;
+            float *dxr = dx + r * cols;
+#pragma omp simd
+            for (int c = 0; c < cols; c++) {
+                const float z = xr[c] + bias[c], s = gelu_sigma(z);
+                const float du = GELU_K0 * (1.0f + 3.0f * GELU_K1 * z * z);
+                dxr[c] = dyr[c] * (s + 2.0f * z * s * (1.0f - s) * du);
+                db[c] += dxr[c];
+            }
+        }
     }
+    if (dbias)
+        for (int c = 0; c < cols; c++) {
+            float sum = 0.0f;
+            for (int part = 0; part < CHUNKS; part++) sum += scratch[(size_t)part * cols + c];
+            dbias[c] = sum;
+        }
+    free(zeros);
 }
 
 /* ---- layer norm ------------------------------------------------------------------------------
@@ -61,9 +97,8 @@ void gelu_backward(const float *x, const float *dy, float *dx, int64_t n, int th
  * for the backward pass:
  *   x̂ = (x − mean)·rstd,  g = dy·γ,  dx = rstd·(g − mean(g) − x̂·mean(g·x̂)),
  *   dγ = Σ_rows dy·x̂,  dβ = Σ_rows dy.
- * dγ and dβ are summed over a fixed split of the rows (LN_CHUNKS parts, then the parts in order), so
+ * dγ and dβ are summed over a fixed split of the rows (CHUNKS parts, then the parts in order), so
  * the result does not depend on the number of threads. beta and dbeta may be NULL (no bias). */
-#define LN_CHUNKS 16
 
 void layer_norm_forward(const float *x, const float *gamma, const float *beta, float *y, float *mean, float *rstd,
                         int64_t N, int C, float eps, int threads) {
@@ -91,12 +126,12 @@ void layer_norm_forward(const float *x, const float *gamma, const float *beta, f
 
 void layer_norm_backward(const float *x, const float *gamma, const float *mean, const float *rstd, const float *dy,
                          float *dx, float *dgamma, float *dbeta, float *scratch, int64_t N, int C, int threads) {
-    /* scratch: 2·LN_CHUNKS·C floats, each chunk's partial dγ and dβ */
+    /* scratch: 2·CHUNKS·C floats, each chunk's partial dγ and dβ */
 #pragma omp parallel for num_threads(threads) schedule(static)
-    for (int part = 0; part < LN_CHUNKS; part++) {
+    for (int part = 0; part < CHUNKS; part++) {
         float *pg = scratch + (size_t)part * 2 * C, *pb = pg + C;
         for (int c = 0; c < C; c++) pg[c] = 0.0f, pb[c] = 0.0f;
-        for (int64_t n = N * part / LN_CHUNKS; n < N * (part + 1) / LN_CHUNKS; n++) {
+        for (int64_t n = N * part / CHUNKS; n < N * (part + 1) / CHUNKS; n++) {
             const float *xn = x + n * C, *dyn = dy + n * C, mu = mean[n], r = rstd[n];
             float *dxn = dx + n * C;
             float mg = 0.0f, mgx = 0.0f; /* Σ g and Σ g·x̂ over the row */
@@ -113,7 +148,7 @@ void layer_norm_backward(const float *x, const float *gamma, const float *mean, 
     }
     for (int c = 0; c < C; c++) {
         float g = 0.0f, b = 0.0f;
-        for (int part = 0; part < LN_CHUNKS; part++) g += scratch[(size_t)part * 2 * C + c], b += scratch[(size_t)part * 2 * C + C + c];
+        for (int part = 0; part < CHUNKS; part++) g += scratch[(size_t)part * 2 * C + c], b += scratch[(size_t)part * 2 * C + C + c];
         dgamma[c] = g;
         if (dbeta) dbeta[c] = b;
     }
@@ -128,6 +163,8 @@ void layer_norm_backward(const float *x, const float *gamma, const float *mean, 
  * (Tp = T rounded up to 16 rows) and every product is a small matrix product made of 4 × 16 tiles
  * that skip what the causal mask removes. */
 #define TR 4  /* tile rows */
+#define BIAS(part) (bias ? bias + (part) * C + (int64_t)h * d : NULL)         /* this head's bias of Q, K or V */
+#define SUMS(part) (dbias ? scratch + (int64_t)b * 3 * C + (part) * C + (int64_t)h * d : NULL) /* and its sums */
 #define TC 16 /* tile columns: one 512-bit vector of floats */
 
 /* Sixteen floats as one value: GCC/Clang vector extension, one AVX-512 register where the CPU has
@@ -170,25 +207,35 @@ static void causal_product(enum causal_part part, int M, int N, int Kdim, const 
     }
 }
 
-/* dst (Tp × d) ← the T rows of one head (row_stride apart), zero padded */
-static void load_rows(const float *src, int64_t row_stride, int T, int Tp, int d, float *dst) {
+/* dst (Tp × d) ← the T rows of one head (row_stride apart) plus the bias (d values, or NULL), zero padded */
+static void load_rows(const float *src, const float *bias, int64_t row_stride, int T, int Tp, int d, float *dst) {
     for (int t = 0; t < T; t++)
-        for (int c = 0; c < d; c++) dst[(size_t)t * d + c] = src[t * row_stride + c];
+        if (bias)
+            for (int c = 0; c < d; c++) dst[(size_t)t * d + c] = src[t * row_stride + c] + bias[c];
+        else
+            for (int c = 0; c < d; c++) dst[(size_t)t * d + c] = src[t * row_stride + c];
     for (size_t i = (size_t)T * d; i < (size_t)Tp * d; i++) dst[i] = 0.0f;
 }
 
-/* the first T rows of src (Tp × d) → dst, rows row_stride apart */
-static void store_rows(const float *src, int T, int d, float *dst, int64_t row_stride) {
+/* the first T rows of src (Tp × d) → dst, rows row_stride apart; sums (d values, or NULL) ← their column sums */
+static void store_rows(const float *src, int T, int d, float *dst, int64_t row_stride, float *sums) {
     for (int t = 0; t < T; t++)
         for (int c = 0; c < d; c++) dst[t * row_stride + c] = src[(size_t)t * d + c];
+    if (sums) {
+        for (int c = 0; c < d; c++) sums[c] = 0.0f;
+        for (int t = 0; t < T; t++)
+            for (int c = 0; c < d; c++) sums[c] += src[(size_t)t * d + c];
+    }
 }
 
 /* dst (d × Tp) ← the T rows of one head, transposed, zero padded (written row by row of dst:
  * strided reads are cheaper than strided writes) */
-static void load_rows_transposed(const float *src, int64_t row_stride, int T, int Tp, int d, float *dst) {
+static void load_rows_transposed(const float *src, const float *bias, int64_t row_stride, int T, int Tp, int d,
+                                 float *dst) {
     for (int c = 0; c < d; c++) {
         float *out = dst + (size_t)c * Tp;
-        for (int t = 0; t < T; t++) out[t] = src[t * row_stride + c];
+        const float b = bias ? bias[c] : 0.0f;
+        for (int t = 0; t < T; t++) out[t] = src[t * row_stride + c] + b;
         for (int t = T; t < Tp; t++) out[t] = 0.0f;
     }
 }
@@ -225,7 +272,7 @@ static inline float softmax_row(float *s, int i, float scale) {
 }
 
 void attention_forward(const float *q, const float *k, const float *v, int64_t row_stride, int64_t batch_stride,
-                       float *out, float *lse, int B, int T, int H, int d, float scale, int threads) {
+                       const float *bias, float *out, float *lse, int B, int T, int H, int d, float scale, int threads) {
     const int64_t C = (int64_t)H * d;
     const int Tp = (T + TC - 1) / TC * TC;
 #pragma omp parallel for num_threads(threads) schedule(static)
@@ -235,24 +282,25 @@ void attention_forward(const float *q, const float *k, const float *v, int64_t r
         const size_t td = (size_t)Tp * d, tt = (size_t)Tp * Tp;
         float *buf = malloc(sizeof(float) * (4 * td + tt));
         float *Q = buf, *Kt = Q + td, *V = Kt + td, *O = V + td, *P = O + td;
-        load_rows(q + base, row_stride, T, Tp, d, Q);
-        load_rows_transposed(k + base, row_stride, T, Tp, d, Kt);
-        load_rows(v + base, row_stride, T, Tp, d, V);
+        load_rows(q + base, BIAS(0), row_stride, T, Tp, d, Q);
+        load_rows_transposed(k + base, BIAS(1), row_stride, T, Tp, d, Kt);
+        load_rows(v + base, BIAS(2), row_stride, T, Tp, d, V);
         memset(P, 0, sizeof(float) * tt);
         causal_product(COLUMNS_UP_TO_ROW, Tp, Tp, d, Q, d, Kt, Tp, P, Tp); /* S = Q Kᵀ */
         for (int i = 0; i < T; i++) lse[(int64_t)bh * T + i] = softmax_row(P + (size_t)i * Tp, i, scale);
         causal_product(SUM_UP_TO_ROW, Tp, d, T, P, Tp, V, d, O, d); /* O = P V */
-        store_rows(O, T, d, out + (int64_t)b * T * C + (int64_t)h * d, C);
+        store_rows(O, T, d, out + (int64_t)b * T * C + (int64_t)h * d, C, NULL);
         free(buf);
     }
 }
 
 /* With P = softmax(scale·Q Kᵀ) (causal), O = P V and dO given:
  *   dV = Pᵀ dO,  dP = dO Vᵀ,  dS = scale·P ⊙ (dP − rowsum(dO ⊙ O)),  dQ = dS K,  dK = dSᵀ Q.
- * P is recomputed from Q, K and the saved log-sum-exp. dq, dk, dv use q, k, v's layout. */
+ * P is recomputed from Q, K and the saved log-sum-exp. dq, dk, dv use q, k, v's layout. With a bias,
+ * dbias (3·H·d) = the sums of dQ, dK, dV over batch and positions; scratch holds B·3·H·d floats. */
 void attention_backward(const float *q, const float *k, const float *v, int64_t row_stride, int64_t batch_stride,
-                        const float *out, const float *dout, const float *lse, float *dq, float *dk, float *dv,
-                        int B, int T, int H, int d, float scale, int threads) {
+                        const float *bias, const float *out, const float *dout, const float *lse, float *dq, float *dk,
+                        float *dv, float *dbias, float *scratch, int B, int T, int H, int d, float scale, int threads) {
     const int64_t C = (int64_t)H * d;
     const int Tp = (T + TC - 1) / TC * TC;
 #pragma omp parallel for num_threads(threads) schedule(static)
@@ -263,11 +311,11 @@ void attention_backward(const float *q, const float *k, const float *v, int64_t 
         float *buf = malloc(sizeof(float) * (6 * td + 2 * tt));
         float *Q = buf, *K = Q + td, *Kt = K + td, *Vt = Kt + td, *dO = Vt + td, *G = dO + td; /* G: a gradient */
         float *P = G + td, *dS = P + tt;
-        load_rows(q + base, row_stride, T, Tp, d, Q);
-        load_rows(k + base, row_stride, T, Tp, d, K);
-        load_rows_transposed(k + base, row_stride, T, Tp, d, Kt);
-        load_rows_transposed(v + base, row_stride, T, Tp, d, Vt);
-        load_rows(dout + obase, C, T, Tp, d, dO);
+        load_rows(q + base, BIAS(0), row_stride, T, Tp, d, Q);
+        load_rows(k + base, BIAS(1), row_stride, T, Tp, d, K);
+        load_rows_transposed(k + base, BIAS(1), row_stride, T, Tp, d, Kt);
+        load_rows_transposed(v + base, BIAS(2), row_stride, T, Tp, d, Vt);
+        load_rows(dout + obase, NULL, C, T, Tp, d, dO);
         memset(P, 0, sizeof(float) * 2 * tt);
         causal_product(COLUMNS_UP_TO_ROW, Tp, Tp, d, Q, d, Kt, Tp, P, Tp);   /* S = Q Kᵀ */
         causal_product(COLUMNS_UP_TO_ROW, Tp, Tp, d, dO, d, Vt, Tp, dS, Tp); /* dP = dO Vᵀ */
@@ -287,13 +335,19 @@ void attention_backward(const float *q, const float *k, const float *v, int64_t 
                 }
         }
         causal_product(SUM_UP_TO_ROW, Tp, d, T, dS, Tp, K, d, G, d); /* dQ = dS K */
-        store_rows(G, T, d, dq + base, row_stride);
+        store_rows(G, T, d, dq + base, row_stride, SUMS(0));
         causal_product(SUM_FROM_ROW, Tp, d, T, dS, Tp, Q, d, G, d); /* dK = dSᵀ Q */
-        store_rows(G, T, d, dk + base, row_stride);
+        store_rows(G, T, d, dk + base, row_stride, SUMS(1));
         causal_product(SUM_FROM_ROW, Tp, d, T, P, Tp, dO, d, G, d); /* dV = Pᵀ dO */
-        store_rows(G, T, d, dv + base, row_stride);
+        store_rows(G, T, d, dv + base, row_stride, SUMS(2));
         free(buf);
     }
+    if (dbias) /* each batch element's sums, added in order */
+        for (int64_t c = 0; c < 3 * C; c++) {
+            float sum = 0.0f;
+            for (int b = 0; b < B; b++) sum += scratch[b * 3 * C + c];
+            dbias[c] = sum;
+        }
 }
 
 /* ---- over many tensors at once: gradient norm, scaling, AdamW ---------------------------------

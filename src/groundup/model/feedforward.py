@@ -24,4 +24,8 @@ class FeedForward(nn.Module):
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.dropout(self.down(self.activation(self.up(x))))
+        if self.activation is gelu:  # W₁x, then + b₁ and GELU in one pass (groundup.kernels)
+            hidden = gelu(F.linear(x, self.up.weight), self.up.bias)
+        else:
+            hidden = self.activation(self.up(x))
+        return self.dropout(self.down(hidden))

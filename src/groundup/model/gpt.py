@@ -68,10 +68,11 @@ class GPT(nn.Module):
         B, T = idx.shape
         if start + T > self.config.block_size:
             raise ValueError(f"sequence of {start + T} positions exceeds block_size {self.config.block_size}")
-        x = self.token_embedding(idx) * self.embedding_scale  # (B, T, C)
+        x = self.token_embedding(idx)  # (B, T, C)
+        if self.embedding_scale != 1.0:
+            x = x * self.embedding_scale
         if self.position_embedding is not None:
-            positions = torch.arange(start, start + T, device=idx.device)
-            x = x + self.position_embedding(positions)  # broadcast (T, C) over the batch
+            x = x + self.position_embedding(start, T)  # broadcast (T, C) over the batch
         x = self.embedding_dropout(x)
         for layer, block in enumerate(self.blocks):
             x = block(x, cache, layer, start)

@@ -32,8 +32,8 @@ class SinusoidalPositions(nn.Module):
         super().__init__()
         self.register_buffer("table", sinusoidal_table(block_size, n_embd), persistent=False)
 
-    def forward(self, positions: torch.Tensor) -> torch.Tensor:
-        return self.table[positions]  # (T, C)
+    def forward(self, start: int, length: int) -> torch.Tensor:
+        return self.table[start : start + length]  # positions start..start+length-1: (T, C)
 
 
 class LearnedPositions(nn.Module):
@@ -43,8 +43,8 @@ class LearnedPositions(nn.Module):
         super().__init__()
         self.weight = nn.Parameter(torch.zeros(block_size, n_embd))
 
-    def forward(self, positions: torch.Tensor) -> torch.Tensor:
-        return self.weight[positions]  # (T, C)
+    def forward(self, start: int, length: int) -> torch.Tensor:
+        return self.weight[start : start + length]  # positions start..start+length-1: (T, C)
 
 
 def rope_tables(block_size: int, head_size: int, base: float = 10000.0) -> tuple[torch.Tensor, torch.Tensor]:

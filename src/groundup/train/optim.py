@@ -31,37 +31,59 @@ class AdamW(torch.optim.AdamW):
     rule — whose step runs as one fused pass over every parameter on the CPU (groundup.kernels);
     anywhere else, or for options the kernel lacks, torch's own implementation runs."""
 
+    _plan = None  # what the fused step needs, kept while the optimizer's state stays the same objects
+
     @torch.no_grad()
     def step(self, closure=None):
         if closure is None and self._kernel_step():
             return None
+        self._plan = None  # torch's step may update only some parameters: re-read the state next time
         return super().step(closure)
 
-    def _kernel_step(self) -> bool:
-        """The fused CPU update; False (nothing touched) where it does not apply."""
+    def _make_plan(self) -> list | None:
+        """Per group: its parameters with gradients, their state dicts, and the step count they share."""
         plan = []
         for group in self.param_groups:
             if group["amsgrad"] or group["maximize"] or group["capturable"] or group["differentiable"]:
-                return False
+                return None
             params = [p for p in group["params"] if p.grad is not None]
+            if not params:
+                continue
             states = [self.state.get(p) for p in params]
             steps = {int(s["step"]) if s else 0 for s in states}
-            tensors = [*params, *(p.grad for p in params), *(t for s in states if s for t in (s["exp_avg"], s["exp_avg_sq"]))]
-            if params and (len(steps) != 1 or isinstance(group["lr"], torch.Tensor) or not kernels.applies(tensors)):
-                return False  # (parameters at different step counts, or not plain float32 CPU tensors)
-            if params:
-                plan.append((group, params, steps.pop() + 1))
-        for group, params, step in plan:
-            for p in params:
-                if not self.state.get(p):
+            if len(steps) != 1 or not kernels.applies(params):
+                return None  # (parameters at different step counts, or not plain float32 CPU tensors)
+            for p, s in zip(params, states):
+                if not s:
                     self.state[p] = {"step": torch.tensor(0.0), "exp_avg": torch.zeros_like(p), "exp_avg_sq": torch.zeros_like(p)}
             states = [self.state[p] for p in params]
+            moments = [t for s in states for t in (s["exp_avg"], s["exp_avg_sq"])]
+            if not kernels.applies(moments):
+                return None
+            plan.append({"group": group, "params": params, "states": states, "step": steps.pop(),
+                         "pointers": kernels.tensor_pointers(params, moments[0::2], moments[1::2])})
+        return plan
+
+    def _kernel_step(self) -> bool:
+        """The fused CPU update; False (nothing touched) where it does not apply."""
+        plan = self._plan
+        valid = plan is not None and all(
+            len(entry["params"]) == sum(p.grad is not None for p in entry["group"]["params"])
+            and all(self.state.get(p) is s for p, s in zip(entry["params"], entry["states"]))
+            for entry in plan)
+        if not valid:
+            plan = self._plan = self._make_plan()
+            if plan is None:
+                return False
+        grads = [[p.grad for p in entry["params"]] for entry in plan]
+        if not all(kernels.applies(g) for g in grads) or any(isinstance(e["group"]["lr"], torch.Tensor) for e in plan):
+            return False
+        for entry, g in zip(plan, grads):
+            group, entry["step"] = entry["group"], entry["step"] + 1
             beta1, beta2 = group["betas"]
-            kernels.adamw_step(params, [p.grad for p in params], [s["exp_avg"] for s in states],
-                               [s["exp_avg_sq"] for s in states], step=step, lr=group["lr"], beta1=beta1, beta2=beta2,
+            kernels.adamw_step(entry["pointers"], g, step=entry["step"], lr=group["lr"], beta1=beta1, beta2=beta2,
                                eps=group["eps"], weight_decay=group["weight_decay"])
-            for s in states:
-                s["step"].fill_(step)
+            torch._foreach_add_([s["step"] for s in entry["states"]], 1.0)
         return True
 
 
