@@ -6,9 +6,9 @@ builds its tanh is not vectorised at all: GELU then costs as much as a 128-wide 
 
   gelu(x, bias)                 GELU (tanh form) of x + bias, with the   twin: F.gelu(x + bias, approximate="tanh")
                                 bias gradient
-  causal_attention(qkv, bias)   softmax(Q Kᵀ/√d_k, causal) V per head,  twin: F.scaled_dot_product_attention
-                                read straight from the fused projection  (is_causal=True)
-                                and its bias
+  causal_attention(qkv, bias,   softmax(Q Kᵀ/√d_k, causal) V per head,  twin: F.scaled_dot_product_attention
+                   rope)        read straight from the fused projection  (is_causal=True), apply_rope
+                                and its bias, RoPE optional
   layer_norm(x, γ, β, eps)      layer norm, forward and backward         twin: F.layer_norm
   total_norm(tensors), clip_    ‖g‖₂ over all gradients, clipping        twin: torch.nn.utils.get_total_norm,
                                                                                clip_grads_with_norm_
@@ -78,9 +78,10 @@ def _build() -> ctypes.CDLL:
     f32p, i64, i32, f32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_float
     lib.gelu_forward.argtypes = [f32p, f32p, f32p, i64, i32, i32]
     lib.gelu_backward.argtypes = [f32p, f32p, f32p, f32p, f32p, f32p, i64, i32, i32]
-    lib.attention_forward.argtypes = [f32p, f32p, f32p, i64, i64, f32p, f32p, f32p, i32, i32, i32, i32, f32, i32]
-    lib.attention_backward.argtypes = [f32p, f32p, f32p, i64, i64, f32p, f32p, f32p, f32p, f32p, f32p, f32p,
-                                       f32p, f32p, i32, i32, i32, i32, f32, i32]
+    lib.attention_forward.argtypes = [f32p, f32p, f32p, i64, i64, f32p, f32p, f32p, f32p, f32p, i32, i32, i32, i32,
+                                      f32, i32]
+    lib.attention_backward.argtypes = [f32p, f32p, f32p, i64, i64, f32p, f32p, f32p, f32p, f32p, f32p, f32p, f32p,
+                                       f32p, f32p, f32p, i32, i32, i32, i32, f32, i32]
     lib.layer_norm_forward.argtypes = [f32p, f32p, f32p, f32p, f32p, f32p, i64, i32, f32, i32]
     lib.layer_norm_backward.argtypes = [f32p, f32p, f32p, f32p, f32p, f32p, f32p, f32p, f32p, i64, i32, i32]
     lib.sum_of_squares.argtypes = [f32p, f32p, i32, i32]
@@ -168,36 +169,37 @@ def gelu(x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
 
 
 class _CausalAttention(torch.autograd.Function):
-    """qkv: (B, T, 3, H, d) — the fused projection's output, read in place — and its bias (3·H·d) or
-    None. Returns (B, T, H·d)."""
+    """qkv: (B, T, 3, H, d) — the fused projection's output, read in place — its bias (3·H·d) or None,
+    and RoPE's cos and sin for positions 0..T-1 (T, d/2) or None. Returns (B, T, H·d)."""
 
     @staticmethod
-    def forward(ctx, qkv, bias):
+    def forward(ctx, qkv, bias, cos, sin):
         qkv = qkv.contiguous()
         B, T, _, H, d = qkv.shape
         out = qkv.new_empty(B, T, H * d)
         lse = qkv.new_empty(B, H, T)
         row, batch, scale = 3 * H * d, T * 3 * H * d, d ** -0.5
         base = _ptr(qkv)
-        library().attention_forward(base, base + 4 * H * d, base + 8 * H * d, row, batch, _ptr_or_none(bias), _ptr(out),
-                                    _ptr(lse), B, T, H, d, scale, torch.get_num_threads())
-        ctx.save_for_backward(qkv, bias, out, lse)
+        library().attention_forward(base, base + 4 * H * d, base + 8 * H * d, row, batch, _ptr_or_none(bias),
+                                    _ptr_or_none(cos), _ptr_or_none(sin), _ptr(out), _ptr(lse), B, T, H, d, scale,
+                                    torch.get_num_threads())
+        ctx.save_for_backward(qkv, bias, cos, sin, out, lse)
         return out
 
     @staticmethod
     def backward(ctx, dout):
-        qkv, bias, out, lse = ctx.saved_tensors
+        qkv, bias, cos, sin, out, lse = ctx.saved_tensors
         B, T, _, H, d = qkv.shape
         dout = dout.contiguous()
         dqkv = torch.empty_like(qkv)  # every element is written: dQ rows, dK and dV rows, all heads
         dbias, scratch = (torch.empty_like(bias), qkv.new_empty(B * 3 * H * d)) if bias is not None else (None, None)
         row, batch, scale = 3 * H * d, T * 3 * H * d, d ** -0.5
         base, grad = _ptr(qkv), _ptr(dqkv)
-        library().attention_backward(base, base + 4 * H * d, base + 8 * H * d, row, batch, _ptr_or_none(bias), _ptr(out),
-                                     _ptr(dout), _ptr(lse), grad, grad + 4 * H * d, grad + 8 * H * d,
-                                     _ptr_or_none(dbias), _ptr_or_none(scratch), B, T, H, d, scale,
-                                     torch.get_num_threads())
-        return dqkv, dbias
+        library().attention_backward(base, base + 4 * H * d, base + 8 * H * d, row, batch, _ptr_or_none(bias),
+                                     _ptr_or_none(cos), _ptr_or_none(sin), _ptr(out), _ptr(dout), _ptr(lse), grad,
+                                     grad + 4 * H * d, grad + 8 * H * d, _ptr_or_none(dbias), _ptr_or_none(scratch),
+                                     B, T, H, d, scale, torch.get_num_threads())
+        return dqkv, dbias, None, None
 
 
 def attention_applies(head_size: int, *tensors: torch.Tensor) -> bool:
@@ -206,12 +208,15 @@ def attention_applies(head_size: int, *tensors: torch.Tensor) -> bool:
     return head_size % 16 == 0 and _usable(*tensors)
 
 
-def causal_attention(qkv: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+def causal_attention(qkv: torch.Tensor, bias: torch.Tensor | None = None,
+                     rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
     """Causal self-attention straight from the fused projection: qkv (B, T, 3, H, d) without its bias,
-    plus the bias (3·H·d) or None → heads concatenated (B, T, H·d). Only where attention_applies."""
-    if not attention_applies(qkv.shape[-1], qkv, *([bias] if bias is not None else [])):
+    plus the bias (3·H·d) or None, and for RoPE the (cos, sin) tables of positions 0..T-1, each
+    (T, d/2) → heads concatenated (B, T, H·d). Only where attention_applies."""
+    cos, sin = (t.contiguous() for t in rope) if rope is not None else (None, None)
+    if not attention_applies(qkv.shape[-1], qkv, *(t for t in (bias, cos, sin) if t is not None)):
         raise ValueError("causal_attention needs float32 CPU tensors and a head size that is a multiple of 16")
-    return _CausalAttention.apply(qkv, bias)
+    return _CausalAttention.apply(qkv, bias, cos, sin)
 
 
 class _LayerNorm(torch.autograd.Function):

@@ -6,8 +6,9 @@
  *
  *   gelu_forward / gelu_backward     GELU, tanh form, of x + bias: 0.5·z·(1 + tanh(u)) = z·σ(2u),
  *                                    u = √(2/π)·(z + 0.044715·z³)
- *   attention_forward / _backward    causal softmax(Q Kᵀ · scale) V per (batch, head), the backward
- *                                    pass by hand, keeping only the log-sum-exp of each row
+ *   attention_forward / _backward    causal softmax(Q Kᵀ · scale) V per (batch, head), Q and K
+ *                                    optionally rotated (RoPE); the backward pass by hand, keeping
+ *                                    only the log-sum-exp of each row
  *
  * Work is split over (batch, head) pairs or element ranges with a static schedule, so every output
  * element is always computed by the same loop in the same order: results do not depend on the
@@ -240,6 +241,30 @@ static void load_rows_transposed(const float *src, const float *bias, int64_t ro
     }
 }
 
+/* RoPE on the first T rows of x (Tp × d), in place: each pair (x_c, x_{c+d/2}) of row t turned by the
+ * angle whose cos and sin are cos[t][c], sin[t][c] (T × d/2) — or, inverse, turned back (Rᵀ: how a
+ * gradient goes back through the rotation). As positional.apply_rope. */
+static void rotate_rows(float *x, const float *cos, const float *sin, int T, int d, int inverse) {
+    const int half = d / 2;
+    const float sign = inverse ? -1.0f : 1.0f;
+    for (int t = 0; t < T; t++) {
+        float *row = x + (size_t)t * d;
+        const float *ct = cos + (size_t)t * half, *st = sin + (size_t)t * half;
+#pragma omp simd
+        for (int c = 0; c < half; c++) {
+            const float x1 = row[c], x2 = row[c + half], sn = sign * st[c];
+            row[c] = x1 * ct[c] - x2 * sn;
+            row[c + half] = x1 * sn + x2 * ct[c];
+        }
+    }
+}
+
+/* dst (d × Tp) ← srcᵀ for src (Tp × d) */
+static void transpose_rows(const float *src, int Tp, int d, float *dst) {
+    for (int c = 0; c < d; c++)
+        for (int t = 0; t < Tp; t++) dst[(size_t)c * Tp + t] = src[(size_t)t * d + c];
+}
+
 /* Row i of S (scores, unscaled) → P = softmax(scale·S) over keys 0..i, zero beyond (to the end of
  * the row's last 16-key block); returns the log-sum-exp of the row. The loops run over whole
  * 16-key blocks with 16 running maxima / sums, so each block is one vector operation. */
@@ -272,7 +297,8 @@ static inline float softmax_row(float *s, int i, float scale) {
 }
 
 void attention_forward(const float *q, const float *k, const float *v, int64_t row_stride, int64_t batch_stride,
-                       const float *bias, float *out, float *lse, int B, int T, int H, int d, float scale, int threads) {
+                       const float *bias, const float *rope_cos, const float *rope_sin, float *out, float *lse, int B,
+                       int T, int H, int d, float scale, int threads) {
     const int64_t C = (int64_t)H * d;
     const int Tp = (T + TC - 1) / TC * TC;
 #pragma omp parallel for num_threads(threads) schedule(static)
@@ -280,10 +306,15 @@ void attention_forward(const float *q, const float *k, const float *v, int64_t r
         const int b = bh / H, h = bh % H;
         const int64_t base = b * batch_stride + (int64_t)h * d;
         const size_t td = (size_t)Tp * d, tt = (size_t)Tp * Tp;
-        float *buf = malloc(sizeof(float) * (4 * td + tt));
-        float *Q = buf, *Kt = Q + td, *V = Kt + td, *O = V + td, *P = O + td;
+        float *buf = malloc(sizeof(float) * (5 * td + tt));
+        float *Q = buf, *K = Q + td, *Kt = K + td, *V = Kt + td, *O = V + td, *P = O + td;
         load_rows(q + base, BIAS(0), row_stride, T, Tp, d, Q);
-        load_rows_transposed(k + base, BIAS(1), row_stride, T, Tp, d, Kt);
+        load_rows(k + base, BIAS(1), row_stride, T, Tp, d, K);
+        if (rope_cos) {
+            rotate_rows(Q, rope_cos, rope_sin, T, d, 0);
+            rotate_rows(K, rope_cos, rope_sin, T, d, 0);
+        }
+        transpose_rows(K, Tp, d, Kt);
         load_rows(v + base, BIAS(2), row_stride, T, Tp, d, V);
         memset(P, 0, sizeof(float) * tt);
         causal_product(COLUMNS_UP_TO_ROW, Tp, Tp, d, Q, d, Kt, Tp, P, Tp); /* S = Q Kᵀ */
@@ -299,8 +330,9 @@ void attention_forward(const float *q, const float *k, const float *v, int64_t r
  * P is recomputed from Q, K and the saved log-sum-exp. dq, dk, dv use q, k, v's layout. With a bias,
  * dbias (3·H·d) = the sums of dQ, dK, dV over batch and positions; scratch holds B·3·H·d floats. */
 void attention_backward(const float *q, const float *k, const float *v, int64_t row_stride, int64_t batch_stride,
-                        const float *bias, const float *out, const float *dout, const float *lse, float *dq, float *dk,
-                        float *dv, float *dbias, float *scratch, int B, int T, int H, int d, float scale, int threads) {
+                        const float *bias, const float *rope_cos, const float *rope_sin, const float *out,
+                        const float *dout, const float *lse, float *dq, float *dk, float *dv, float *dbias,
+                        float *scratch, int B, int T, int H, int d, float scale, int threads) {
     const int64_t C = (int64_t)H * d;
     const int Tp = (T + TC - 1) / TC * TC;
 #pragma omp parallel for num_threads(threads) schedule(static)
@@ -313,7 +345,11 @@ void attention_backward(const float *q, const float *k, const float *v, int64_t 
         float *P = G + td, *dS = P + tt;
         load_rows(q + base, BIAS(0), row_stride, T, Tp, d, Q);
         load_rows(k + base, BIAS(1), row_stride, T, Tp, d, K);
-        load_rows_transposed(k + base, BIAS(1), row_stride, T, Tp, d, Kt);
+        if (rope_cos) {
+            rotate_rows(Q, rope_cos, rope_sin, T, d, 0);
+            rotate_rows(K, rope_cos, rope_sin, T, d, 0);
+        }
+        transpose_rows(K, Tp, d, Kt);
         load_rows_transposed(v + base, BIAS(2), row_stride, T, Tp, d, Vt);
         load_rows(dout + obase, NULL, C, T, Tp, d, dO);
         memset(P, 0, sizeof(float) * 2 * tt);
@@ -335,8 +371,10 @@ void attention_backward(const float *q, const float *k, const float *v, int64_t 
                 }
         }
         causal_product(SUM_UP_TO_ROW, Tp, d, T, dS, Tp, K, d, G, d); /* dQ = dS K */
+        if (rope_cos) rotate_rows(G, rope_cos, rope_sin, T, d, 1); /* back through the rotation */
         store_rows(G, T, d, dq + base, row_stride, SUMS(0));
         causal_product(SUM_FROM_ROW, Tp, d, T, dS, Tp, Q, d, G, d); /* dK = dSᵀ Q */
+        if (rope_cos) rotate_rows(G, rope_cos, rope_sin, T, d, 1);
         store_rows(G, T, d, dk + base, row_stride, SUMS(1));
         causal_product(SUM_FROM_ROW, Tp, d, T, P, Tp, dO, d, G, d); /* dV = Pᵀ dO */
         store_rows(G, T, d, dv + base, row_stride, SUMS(2));

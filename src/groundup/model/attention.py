@@ -54,12 +54,13 @@ class CausalSelfAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0, start: int = 0) -> torch.Tensor:
         B, T, C = x.shape
-        if (self.path == "sdpa" and cache is None and not self.rope and not (self.training and self.dropout)
-                and attention_applies(self.d_k, x, self.qkv.weight)):
+        if (self.path == "sdpa" and cache is None and not (self.training and self.dropout)
+                and type(self.qkv) is nn.Linear and attention_applies(self.d_k, x, self.qkv.weight)):  # (not LoRA)
             # The fused CPU kernel (groundup.kernels): the same attention, reading Q, K and V from the
-            # projection in place and adding their bias as it reads them.
+            # projection in place, adding their bias and turning Q and K (rope) as it reads them.
             qkv = F.linear(x, self.qkv.weight).view(B, T, 3, self.n_head, self.d_k)
-            return self.residual_dropout(self.output(causal_attention(qkv, self.qkv.bias)))
+            rope = (self.rope_cos[:T], self.rope_sin[:T]) if self.rope else None
+            return self.residual_dropout(self.output(causal_attention(qkv, self.qkv.bias, rope)))
         # One matmul makes queries, keys and values; split the width into n_head heads of d_k.
         qkv = self.qkv(x).view(B, T, 3, self.n_head, self.d_k)  # (B, T, 3, nh, d_k)
         if self.rope:  # rotate queries and keys together, by their positions start..start+T-1

@@ -24,7 +24,7 @@ class FeedForward(nn.Module):
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.activation is gelu:  # W₁x, then + b₁ and GELU in one pass (groundup.kernels)
+        if self.activation is gelu and type(self.up) is nn.Linear:  # W₁x, then + b₁ and GELU in one pass
             hidden = gelu(F.linear(x, self.up.weight), self.up.bias)
         else:
             hidden = self.activation(self.up(x))
