@@ -15,6 +15,22 @@ from groundup import kernels
 pytestmark = pytest.mark.skipif(not kernels.enabled(), reason=f"CPU kernels unavailable: {kernels.unavailable_reason()}")
 
 
+@pytest.fixture(autouse=True)
+def kernels_for_every_size(monkeypatch):
+    """The tests use small shapes; the kernels must be exact at any size, so let every size use them."""
+    monkeypatch.setattr(kernels, "MIN_ELEMENTS", 0)
+
+
+def test_tiny_tensors_take_the_pytorch_op(monkeypatch):
+    monkeypatch.setattr(kernels, "MIN_ELEMENTS", 1 << 14)
+    x = torch.randn(1, 1, 128, requires_grad=True)  # one token's activations while generating
+    assert kernels.gelu(x).grad_fn.name() == "GeluBackward0"
+    assert kernels.layer_norm(x, torch.ones(128), None, 1e-5).grad_fn.name() == "NativeLayerNormBackward0"
+    assert not kernels.attention_applies(32, x)
+    big = torch.randn(12, 64, 128, requires_grad=True)
+    assert kernels.gelu(big).grad_fn.name() == "_GeluBackward"
+
+
 def grads(fn, *inputs, seed=0):
     """Output and the gradient of every input, for a random upstream gradient."""
     inputs = [t.detach().clone().requires_grad_(True) for t in inputs]

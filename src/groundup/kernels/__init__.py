@@ -17,7 +17,8 @@ builds its tanh is not vectorised at all: GELU then costs as much as a 128-wide 
 The C source is compiled on first use with the system's C compiler into the groundup cache and loaded
 with ctypes. Without a compiler, on other devices or dtypes, under torch.compile, or with
 GROUNDUP_KERNELS=0 in the environment, the plain PyTorch op runs instead — same results to float
-rounding (tests/test_kernels.py holds every kernel against its twin, values and gradients).
+rounding (tests/test_kernels.py holds every kernel against its twin, values and gradients). Tensors
+smaller than MIN_ELEMENTS (generation's one-token steps) also take the PyTorch op.
 """
 
 from __future__ import annotations
@@ -36,6 +37,11 @@ import torch.nn.functional as F
 
 SOURCE = Path(__file__).with_name("cpu.c")
 FLAGS = ["-O3", "-march=native", "-fopenmp", "-fno-tree-loop-distribute-patterns", "-fno-math-errno", "-fno-trapping-math", "-shared", "-fPIC"]
+
+# Below this many elements a call's fixed cost (autograd Function, ctypes, waking threads) outweighs
+# what the kernel saves: one token's layer norm while generating is 128 numbers. Smaller tensors go
+# to the PyTorch op.
+MIN_ELEMENTS = 1 << 14
 
 _library: ctypes.CDLL | None = None
 _load_error: str | None = None
@@ -163,7 +169,7 @@ class _Gelu(torch.autograd.Function):
 def gelu(x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """GELU, tanh form (as GPT-2), of x (+ bias over the last dimension):
     0.5·z·(1 + tanh(√(2/π)·(z + 0.044715·z³))), z = x + bias."""
-    if _usable(x, *([bias] if bias is not None else [])):
+    if x.numel() >= MIN_ELEMENTS and _usable(x, *([bias] if bias is not None else [])):
         return _Gelu.apply(x, bias)
     return F.gelu(x if bias is None else x + bias, approximate="tanh")
 
@@ -204,8 +210,8 @@ class _CausalAttention(torch.autograd.Function):
 
 def attention_applies(head_size: int, *tensors: torch.Tensor) -> bool:
     """True where causal_attention can run on these tensors (float32 on the CPU, head size a multiple
-    of 16: the kernel works in blocks of 16 floats)."""
-    return head_size % 16 == 0 and _usable(*tensors)
+    of 16: the kernel works in blocks of 16 floats) and is worth it (the first has ≥ MIN_ELEMENTS)."""
+    return head_size % 16 == 0 and tensors[0].numel() >= MIN_ELEMENTS and _usable(*tensors)
 
 
 def causal_attention(qkv: torch.Tensor, bias: torch.Tensor | None = None,
@@ -248,7 +254,7 @@ class _LayerNorm(torch.autograd.Function):
 
 def layer_norm(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None, eps: float) -> torch.Tensor:
     """Layer norm over the last dimension: (x − mean)/√(var + eps)·γ + β."""
-    if weight is not None and _usable(x, weight, *([bias] if bias is not None else [])):
+    if weight is not None and x.numel() >= MIN_ELEMENTS and _usable(x, weight, *([bias] if bias is not None else [])):
         return _LayerNorm.apply(x, weight, bias, eps)
     return F.layer_norm(x, x.shape[-1:], weight, bias, eps)
 
