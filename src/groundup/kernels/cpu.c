@@ -265,6 +265,23 @@ static void transpose_rows(const float *src, int Tp, int d, float *dst) {
         for (int t = 0; t < Tp; t++) dst[(size_t)c * Tp + t] = src[(size_t)t * d + c];
 }
 
+/* One head's queries and keys, read as the forward and the backward pass both need them:
+ * Q, K (Tp × d) ← rows of q, k plus their bias, turned by RoPE where given; Kt ← Kᵀ;
+ * S (Tp × Tp) ← Q Kᵀ (unscaled) on the part the causal mask keeps, zeros elsewhere. */
+static void scores(const float *q, const float *k, const float *q_bias, const float *k_bias, const float *rope_cos,
+                   const float *rope_sin, int64_t row_stride, int T, int Tp, int d, float *Q, float *K, float *Kt,
+                   float *S) {
+    load_rows(q, q_bias, row_stride, T, Tp, d, Q);
+    load_rows(k, k_bias, row_stride, T, Tp, d, K);
+    if (rope_cos) {
+        rotate_rows(Q, rope_cos, rope_sin, T, d, 0);
+        rotate_rows(K, rope_cos, rope_sin, T, d, 0);
+    }
+    transpose_rows(K, Tp, d, Kt);
+    memset(S, 0, sizeof(float) * (size_t)Tp * Tp);
+    causal_product(COLUMNS_UP_TO_ROW, Tp, Tp, d, Q, d, Kt, Tp, S, Tp);
+}
+
 /* Row i of S (scores, unscaled) → P = softmax(scale·S) over keys 0..i, zero beyond (to the end of
  * the row's last 16-key block); returns the log-sum-exp of the row. The loops run over whole
  * 16-key blocks with 16 running maxima / sums, so each block is one vector operation. */
@@ -308,16 +325,8 @@ void attention_forward(const float *q, const float *k, const float *v, int64_t r
         const size_t td = (size_t)Tp * d, tt = (size_t)Tp * Tp;
         float *buf = malloc(sizeof(float) * (5 * td + tt));
         float *Q = buf, *K = Q + td, *Kt = K + td, *V = Kt + td, *O = V + td, *P = O + td;
-        load_rows(q + base, BIAS(0), row_stride, T, Tp, d, Q);
-        load_rows(k + base, BIAS(1), row_stride, T, Tp, d, K);
-        if (rope_cos) {
-            rotate_rows(Q, rope_cos, rope_sin, T, d, 0);
-            rotate_rows(K, rope_cos, rope_sin, T, d, 0);
-        }
-        transpose_rows(K, Tp, d, Kt);
+        scores(q + base, k + base, BIAS(0), BIAS(1), rope_cos, rope_sin, row_stride, T, Tp, d, Q, K, Kt, P);
         load_rows(v + base, BIAS(2), row_stride, T, Tp, d, V);
-        memset(P, 0, sizeof(float) * tt);
-        causal_product(COLUMNS_UP_TO_ROW, Tp, Tp, d, Q, d, Kt, Tp, P, Tp); /* S = Q Kᵀ */
         for (int i = 0; i < T; i++) lse[(int64_t)bh * T + i] = softmax_row(P + (size_t)i * Tp, i, scale);
         causal_product(SUM_UP_TO_ROW, Tp, d, T, P, Tp, V, d, O, d); /* O = P V */
         store_rows(O, T, d, out + (int64_t)b * T * C + (int64_t)h * d, C, NULL);
@@ -343,17 +352,10 @@ void attention_backward(const float *q, const float *k, const float *v, int64_t 
         float *buf = malloc(sizeof(float) * (6 * td + 2 * tt));
         float *Q = buf, *K = Q + td, *Kt = K + td, *Vt = Kt + td, *dO = Vt + td, *G = dO + td; /* G: a gradient */
         float *P = G + td, *dS = P + tt;
-        load_rows(q + base, BIAS(0), row_stride, T, Tp, d, Q);
-        load_rows(k + base, BIAS(1), row_stride, T, Tp, d, K);
-        if (rope_cos) {
-            rotate_rows(Q, rope_cos, rope_sin, T, d, 0);
-            rotate_rows(K, rope_cos, rope_sin, T, d, 0);
-        }
-        transpose_rows(K, Tp, d, Kt);
+        scores(q + base, k + base, BIAS(0), BIAS(1), rope_cos, rope_sin, row_stride, T, Tp, d, Q, K, Kt, P);
         load_rows_transposed(v + base, BIAS(2), row_stride, T, Tp, d, Vt);
         load_rows(dout + obase, NULL, C, T, Tp, d, dO);
-        memset(P, 0, sizeof(float) * 2 * tt);
-        causal_product(COLUMNS_UP_TO_ROW, Tp, Tp, d, Q, d, Kt, Tp, P, Tp);   /* S = Q Kᵀ */
+        memset(dS, 0, sizeof(float) * tt);
         causal_product(COLUMNS_UP_TO_ROW, Tp, Tp, d, dO, d, Vt, Tp, dS, Tp); /* dP = dO Vᵀ */
         for (int i = 0; i < T; i++) {
             float *p = P + (size_t)i * Tp, *ds = dS + (size_t)i * Tp;
