@@ -285,3 +285,14 @@ def test_lora_adapters_on_the_fused_paths_still_train():
     model(idx, idx)[1].backward()
     for name in ("blocks.0.attention.qkv", "blocks.0.ffn.up"):
         assert model.get_submodule(name).lora_A.grad.abs().sum() > 0, name
+
+
+def test_without_a_c_compiler_everything_falls_back(tmp_path):
+    script = ("from groundup import kernels; import torch, torch.nn.functional as F; "
+              "print(kernels.enabled()); print(kernels.unavailable_reason()); "
+              "x = torch.randn(64, 512); print(torch.equal(kernels.gelu(x), F.gelu(x, approximate='tanh')))")
+    env = {"CC": str(tmp_path / "no-such-compiler"), "GROUNDUP_CACHE": str(tmp_path), "PATH": ""}
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env)
+    lines = out.stdout.splitlines()
+    assert lines[0] == "False" and lines[2] == "True", out.stdout + out.stderr
+    assert "could not build the CPU kernels" in lines[1] and "using plain PyTorch ops" in lines[1]

@@ -47,11 +47,6 @@ _library: ctypes.CDLL | None = None
 _load_error: str | None = None
 
 
-def _cache_dir() -> Path:
-    root = os.environ.get("GROUNDUP_CACHE") or os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(root) / "groundup" / "kernels"
-
-
 def _cpu_signature() -> str:
     """-march=native builds for this CPU: the library's name includes what CPU it was built for."""
     try:
@@ -67,7 +62,9 @@ def _build() -> ctypes.CDLL:
     source = SOURCE.read_bytes()
     compiler = os.environ.get("CC", "cc")
     key = hashlib.sha256(source + " ".join([compiler, *FLAGS, _cpu_signature(), sys.platform]).encode()).hexdigest()[:16]
-    path = _cache_dir() / f"groundup_cpu_{key}.so"
+    from groundup.data.tokens import default_cache_dir  # the one groundup cache: $GROUNDUP_CACHE, ~/.cache/groundup
+
+    path = default_cache_dir() / "kernels" / f"groundup_cpu_{key}.so"
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(suffix=".so", dir=path.parent)  # compile aside, then rename: atomic
