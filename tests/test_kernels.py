@@ -296,3 +296,15 @@ def test_without_a_c_compiler_everything_falls_back(tmp_path):
     lines = out.stdout.splitlines()
     assert lines[0] == "False" and lines[2] == "True", out.stdout + out.stderr
     assert "could not build the CPU kernels" in lines[1] and "using plain PyTorch ops" in lines[1]
+
+
+def test_bf16_and_other_devices_keep_the_usual_feed_forward():
+    """Off the kernels' ground (here: bf16) the FFN runs up(x) with its bias, then GELU, as before."""
+    from groundup.config import ModelConfig
+    from groundup.model.feedforward import FeedForward
+
+    ffn = FeedForward(ModelConfig(vocab_size=10, n_embd=64, n_head=2, block_size=8)).to(torch.bfloat16)
+    x = torch.randn(4, 64, 64, dtype=torch.bfloat16)
+    y = ffn(x)
+    assert y.dtype == torch.bfloat16
+    torch.testing.assert_close(y, ffn.down(F.gelu(ffn.up(x), approximate="tanh")), rtol=0, atol=0)

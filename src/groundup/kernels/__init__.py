@@ -130,6 +130,12 @@ def _usable(*tensors: torch.Tensor) -> bool:
     return enabled()
 
 
+def runs_on(*tensors: torch.Tensor) -> bool:
+    """True where the layer kernels (gelu, layer_norm, causal_attention) run on these tensors:
+    float32 on the CPU (see _usable), the first of them with at least MIN_ELEMENTS elements."""
+    return tensors[0].numel() >= MIN_ELEMENTS and _usable(*tensors)
+
+
 def _ptr(t: torch.Tensor) -> int:
     return t.data_ptr()
 
@@ -166,7 +172,7 @@ class _Gelu(torch.autograd.Function):
 def gelu(x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """GELU, tanh form (as GPT-2), of x (+ bias over the last dimension):
     0.5·z·(1 + tanh(√(2/π)·(z + 0.044715·z³))), z = x + bias."""
-    if x.numel() >= MIN_ELEMENTS and _usable(x, *([bias] if bias is not None else [])):
+    if runs_on(x, *([bias] if bias is not None else [])):
         return _Gelu.apply(x, bias)
     return F.gelu(x if bias is None else x + bias, approximate="tanh")
 
@@ -208,7 +214,7 @@ class _CausalAttention(torch.autograd.Function):
 def attention_applies(head_size: int, *tensors: torch.Tensor) -> bool:
     """True where causal_attention can run on these tensors (float32 on the CPU, head size a multiple
     of 16: the kernel works in blocks of 16 floats) and is worth it (the first has ≥ MIN_ELEMENTS)."""
-    return head_size % 16 == 0 and tensors[0].numel() >= MIN_ELEMENTS and _usable(*tensors)
+    return head_size % 16 == 0 and runs_on(*tensors)
 
 
 def causal_attention(qkv: torch.Tensor, bias: torch.Tensor | None = None,
@@ -251,7 +257,7 @@ class _LayerNorm(torch.autograd.Function):
 
 def layer_norm(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None, eps: float) -> torch.Tensor:
     """Layer norm over the last dimension: (x − mean)/√(var + eps)·γ + β."""
-    if weight is not None and x.numel() >= MIN_ELEMENTS and _usable(x, weight, *([bias] if bias is not None else [])):
+    if weight is not None and runs_on(x, weight, *([bias] if bias is not None else [])):
         return _LayerNorm.apply(x, weight, bias, eps)
     return F.layer_norm(x, x.shape[-1:], weight, bias, eps)
 

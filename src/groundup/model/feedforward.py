@@ -7,9 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from groundup.config import ModelConfig
-
-
-from groundup.kernels import gelu  # GELU, tanh form (as GPT-2); a fused kernel on the CPU
+from groundup.kernels import gelu, runs_on  # GELU, tanh form (as GPT-2); a fused kernel on the CPU
 
 ACTIVATIONS = {"relu": F.relu, "gelu": gelu}
 
@@ -24,7 +22,8 @@ class FeedForward(nn.Module):
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.activation is gelu and type(self.up) is nn.Linear:  # W₁x, then + b₁ and GELU in one pass
+        if self.activation is gelu and type(self.up) is nn.Linear and runs_on(x, self.up.weight):
+            # W₁x, then + b₁ and GELU in one pass (a fused CPU kernel; elsewhere the usual way below)
             hidden = gelu(F.linear(x, self.up.weight), self.up.bias)
         else:
             hidden = self.activation(self.up(x))
