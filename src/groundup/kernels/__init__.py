@@ -80,13 +80,13 @@ def _build() -> ctypes.CDLL:
     lib = ctypes.CDLL(str(path))
     f32p, i64, i32, f32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_float
     lib.gelu_forward.argtypes = [f32p, f32p, f32p, i64, i32, i32]
-    lib.gelu_backward.argtypes = [f32p, f32p, f32p, f32p, f32p, f32p, i64, i32, i32]
+    lib.gelu_backward.argtypes = [f32p, f32p, f32p, f32p, f32p, i64, i32, i32]
     lib.attention_forward.argtypes = [f32p, f32p, f32p, i64, i64, f32p, f32p, f32p, f32p, f32p, i32, i32, i32, i32,
                                       f32, i32]
     lib.attention_backward.argtypes = [f32p, f32p, f32p, i64, i64, f32p, f32p, f32p, f32p, f32p, f32p, f32p, f32p,
-                                       f32p, f32p, f32p, i32, i32, i32, i32, f32, i32]
+                                       f32p, f32p, i32, i32, i32, i32, f32, i32]
     lib.layer_norm_forward.argtypes = [f32p, f32p, f32p, f32p, f32p, f32p, i64, i32, f32, i32]
-    lib.layer_norm_backward.argtypes = [f32p, f32p, f32p, f32p, f32p, f32p, f32p, f32p, f32p, i64, i32, i32]
+    lib.layer_norm_backward.argtypes = [f32p, f32p, f32p, f32p, f32p, f32p, f32p, f32p, i64, i32, i32]
     lib.sum_of_squares.argtypes = [f32p, f32p, i32, i32]
     lib.sum_of_squares.restype = ctypes.c_double
     lib.scale.argtypes = [f32p, f32p, i32, f32, i32]
@@ -140,9 +140,6 @@ def _ptr(t: torch.Tensor) -> int:
     return t.data_ptr()
 
 
-CHUNKS = 16  # cpu.c sums bias gradients over this many fixed parts of the rows
-
-
 def _ptr_or_none(t: torch.Tensor | None) -> int | None:
     return t.data_ptr() if t is not None else None
 
@@ -162,9 +159,9 @@ class _Gelu(torch.autograd.Function):
         x, bias = ctx.saved_tensors
         dy = dy.contiguous()
         cols = x.shape[-1]
-        dx, scratch = torch.empty_like(x), x.new_empty(CHUNKS * cols)
+        dx = torch.empty_like(x)
         dbias = torch.empty_like(bias) if bias is not None else None
-        library().gelu_backward(_ptr(x), _ptr_or_none(bias), _ptr(dy), _ptr(dx), _ptr_or_none(dbias), _ptr(scratch),
+        library().gelu_backward(_ptr(x), _ptr_or_none(bias), _ptr(dy), _ptr(dx), _ptr_or_none(dbias),
                                 x.numel() // cols, cols, torch.get_num_threads())
         return dx, dbias
 
@@ -201,13 +198,13 @@ class _CausalAttention(torch.autograd.Function):
         B, T, _, H, d = qkv.shape
         dout = dout.contiguous()
         dqkv = torch.empty_like(qkv)  # every element is written: dQ rows, dK and dV rows, all heads
-        dbias, scratch = (torch.empty_like(bias), qkv.new_empty(B * 3 * H * d)) if bias is not None else (None, None)
+        dbias = torch.empty_like(bias) if bias is not None else None
         row, batch, scale = 3 * H * d, T * 3 * H * d, d ** -0.5
         base, grad = _ptr(qkv), _ptr(dqkv)
         library().attention_backward(base, base + 4 * H * d, base + 8 * H * d, row, batch, _ptr_or_none(bias),
                                      _ptr_or_none(cos), _ptr_or_none(sin), _ptr(out), _ptr(dout), _ptr(lse), grad,
-                                     grad + 4 * H * d, grad + 8 * H * d, _ptr_or_none(dbias), _ptr_or_none(scratch),
-                                     B, T, H, d, scale, torch.get_num_threads())
+                                     grad + 4 * H * d, grad + 8 * H * d, _ptr_or_none(dbias), B, T, H, d, scale,
+                                     torch.get_num_threads())
         return dqkv, dbias, None, None
 
 
@@ -235,7 +232,7 @@ class _LayerNorm(torch.autograd.Function):
         C = x.shape[-1]
         N = x.numel() // C
         y, mean, rstd = torch.empty_like(x), x.new_empty(N), x.new_empty(N)
-        library().layer_norm_forward(_ptr(x), _ptr(weight), _ptr(bias) if bias is not None else None, _ptr(y),
+        library().layer_norm_forward(_ptr(x), _ptr(weight), _ptr_or_none(bias), _ptr(y),
                                      _ptr(mean), _ptr(rstd), N, C, eps, torch.get_num_threads())
         ctx.save_for_backward(x, weight, mean, rstd)
         ctx.has_bias = bias is not None
@@ -248,10 +245,8 @@ class _LayerNorm(torch.autograd.Function):
         C = x.shape[-1]
         dx, dweight = torch.empty_like(x), torch.empty_like(weight)
         dbias = torch.empty_like(weight) if ctx.has_bias else None
-        scratch = x.new_empty(2 * CHUNKS * C)  # partial sums of dγ and dβ
         library().layer_norm_backward(_ptr(x), _ptr(weight), _ptr(mean), _ptr(rstd), _ptr(dy), _ptr(dx), _ptr(dweight),
-                                      _ptr(dbias) if dbias is not None else None, _ptr(scratch),
-                                      x.numel() // C, C, torch.get_num_threads())
+                                      _ptr_or_none(dbias), x.numel() // C, C, torch.get_num_threads())
         return dx, dweight, dbias, None
 
 
@@ -298,7 +293,8 @@ def clip_(tensors: list[torch.Tensor], max_norm: float, norm: torch.Tensor) -> b
 
 def tensor_pointers(params, exp_avgs, exp_avg_sqs) -> tuple:
     """The addresses adamw_step needs, made once: parameters and moments are updated in place."""
-    return _pointers(params)[0], _pointers(exp_avgs)[0], _pointers(exp_avg_sqs)[0], _pointers(params)[1]
+    params, sizes = _pointers(params)
+    return params, _pointers(exp_avgs)[0], _pointers(exp_avg_sqs)[0], sizes
 
 
 def adamw_step(pointers: tuple, grads: list[torch.Tensor], *, step: int, lr: float, beta1: float, beta2: float,

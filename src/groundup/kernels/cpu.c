@@ -6,9 +6,11 @@
  *
  *   gelu_forward / gelu_backward     GELU, tanh form, of x + bias: 0.5·z·(1 + tanh(u)) = z·σ(2u),
  *                                    u = √(2/π)·(z + 0.044715·z³)
+ *   layer_norm_forward / _backward   layer norm over each row, with dγ and dβ
  *   attention_forward / _backward    causal softmax(Q Kᵀ · scale) V per (batch, head), Q and K
  *                                    optionally rotated (RoPE); the backward pass by hand, keeping
  *                                    only the log-sum-exp of each row
+ *   sum_of_squares, scale, adamw_step   over many tensors in one call: gradient norm, clipping, AdamW
  *
  * Work is split over (batch, head) pairs or element ranges with a static schedule, so every output
  * element is always computed by the same loop in the same order: results do not depend on the
@@ -62,11 +64,12 @@ void gelu_forward(const float *x, const float *bias, float *y, int64_t rows, int
 
 /* d/dz [z·σ(2u)] = σ + z·σ(1 − σ)·2u',  u' = √(2/π)·(1 + 3·0.044715·z²);  dx = dy·that,
  * db = Σ_rows dx, summed over a fixed split of the rows (CHUNKS parts, then the parts in order) so
- * the result does not depend on the number of threads. scratch: CHUNKS·cols floats. */
+ * the result does not depend on the number of threads. */
 #define CHUNKS 16
-void gelu_backward(const float *x, const float *bias, const float *dy, float *dx, float *dbias, float *scratch,
-                   int64_t rows, int cols, int threads) {
+void gelu_backward(const float *x, const float *bias, const float *dy, float *dx, float *dbias, int64_t rows,
+                   int cols, int threads) {
     float *zeros = bias ? NULL : calloc(cols, sizeof(float));
+    float *scratch = malloc(sizeof(float) * CHUNKS * cols); /* each part's partial db */
     if (!bias) bias = zeros;
 #pragma omp parallel for num_threads(threads) schedule(static)
     for (int part = 0; part < CHUNKS; part++) {
@@ -90,6 +93,7 @@ void gelu_backward(const float *x, const float *bias, const float *dy, float *dx
             for (int part = 0; part < CHUNKS; part++) sum += scratch[(size_t)part * cols + c];
             dbias[c] = sum;
         }
+    free(scratch);
     free(zeros);
 }
 
@@ -126,8 +130,8 @@ void layer_norm_forward(const float *x, const float *gamma, const float *beta, f
 }
 
 void layer_norm_backward(const float *x, const float *gamma, const float *mean, const float *rstd, const float *dy,
-                         float *dx, float *dgamma, float *dbeta, float *scratch, int64_t N, int C, int threads) {
-    /* scratch: 2·CHUNKS·C floats, each chunk's partial dγ and dβ */
+                         float *dx, float *dgamma, float *dbeta, int64_t N, int C, int threads) {
+    float *scratch = malloc(sizeof(float) * 2 * CHUNKS * C); /* each part's partial dγ and dβ */
 #pragma omp parallel for num_threads(threads) schedule(static)
     for (int part = 0; part < CHUNKS; part++) {
         float *pg = scratch + (size_t)part * 2 * C, *pb = pg + C;
@@ -153,6 +157,7 @@ void layer_norm_backward(const float *x, const float *gamma, const float *mean, 
         dgamma[c] = g;
         if (dbeta) dbeta[c] = b;
     }
+    free(scratch);
 }
 
 /* ---- causal attention ------------------------------------------------------------------------
@@ -337,12 +342,13 @@ void attention_forward(const float *q, const float *k, const float *v, int64_t r
 /* With P = softmax(scale·Q Kᵀ) (causal), O = P V and dO given:
  *   dV = Pᵀ dO,  dP = dO Vᵀ,  dS = scale·P ⊙ (dP − rowsum(dO ⊙ O)),  dQ = dS K,  dK = dSᵀ Q.
  * P is recomputed from Q, K and the saved log-sum-exp. dq, dk, dv use q, k, v's layout. With a bias,
- * dbias (3·H·d) = the sums of dQ, dK, dV over batch and positions; scratch holds B·3·H·d floats. */
+ * dbias (3·H·d) = the sums of dQ, dK, dV over batch and positions. */
 void attention_backward(const float *q, const float *k, const float *v, int64_t row_stride, int64_t batch_stride,
                         const float *bias, const float *rope_cos, const float *rope_sin, const float *out,
-                        const float *dout, const float *lse, float *dq, float *dk, float *dv, float *dbias,
-                        float *scratch, int B, int T, int H, int d, float scale, int threads) {
+                        const float *dout, const float *lse, float *dq, float *dk, float *dv, float *dbias, int B,
+                        int T, int H, int d, float scale, int threads) {
     const int64_t C = (int64_t)H * d;
+    float *scratch = dbias ? malloc(sizeof(float) * B * 3 * C) : NULL; /* each batch element's bias sums */
     const int Tp = (T + TC - 1) / TC * TC;
 #pragma omp parallel for num_threads(threads) schedule(static)
     for (int bh = 0; bh < B * H; bh++) {
@@ -388,6 +394,7 @@ void attention_backward(const float *q, const float *k, const float *v, int64_t 
             for (int b = 0; b < B; b++) sum += scratch[b * 3 * C + c];
             dbias[c] = sum;
         }
+    free(scratch);
 }
 
 /* ---- over many tensors at once: gradient norm, scaling, AdamW ---------------------------------
