@@ -11,6 +11,8 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 $PY -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda, torch.cuda.get_device_name())'
 echo "== tests on CUDA"
 $PY -m pytest -q -p no:cacheprovider tests/test_gpu.py tests/test_model.py tests/test_sample.py 2>&1 | tail -5
+echo "== the fused CPU kernels on this machine's CPU ($(nproc) cores)"
+$PY -m pytest -q -p no:cacheprovider tests/test_kernels.py 2>&1 | tail -3
 echo "== GPT-2-small shape: tokens/s and MFU"
 $PY benchmarks/gpu_train.py --steps ${STEPS:-20} 2>&1 | grep -v Warning
 echo "== trainer: shakespeare_char on CUDA, bf16 autocast + compile"

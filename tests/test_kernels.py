@@ -3,6 +3,7 @@ odd shapes, extreme inputs, thread-count independence, and the fallback when the
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -155,7 +156,7 @@ def test_fallbacks_other_dtypes_and_turned_off():
     torch.testing.assert_close(kernels.gelu(x64), F.gelu(x64, approximate="tanh"))
     script = ("from groundup import kernels; import torch; "
               "print(kernels.enabled(), kernels.unavailable_reason(), kernels.attention_applies(16, torch.randn(1)))")
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env={"GROUNDUP_KERNELS": "0", "PATH": ""})
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env={**os.environ, "GROUNDUP_KERNELS": "0", "PATH": ""})
     assert out.stdout.split() == ["False", "turned", "off", "by", "GROUNDUP_KERNELS=0", "False"], out.stderr
 
 
@@ -227,6 +228,23 @@ def test_adamw_matches_torch_adamw_and_keeps_its_state_format():
     assert float(resumed.state[ours[0]]["step"]) == 6
 
 
+def test_adamw_off_the_kernels_ground_never_reads_the_step_count():
+    """Where the kernel cannot take the parameters (here float64; on a GPU, CUDA tensors) the optimizer
+    must decide so before it reads a step count: int() of a CUDA step tensor would sync the GPU."""
+    from groundup.train.optim import AdamW
+
+    class Unreadable:
+        def __int__(self):
+            raise AssertionError("step count read")
+
+    p = torch.nn.Parameter(torch.randn(8, 8, dtype=torch.float64))
+    opt = AdamW([p], lr=1e-3)
+    p.grad = torch.randn_like(p)
+    opt.step()
+    opt.state[p]["step"] = Unreadable()
+    assert opt._make_plan() is None
+
+
 def test_gradient_norm_and_clipping_match_torch():
     from groundup.train.optim import clip_gradients_, gradient_norm
 
@@ -291,7 +309,7 @@ def test_without_a_c_compiler_everything_falls_back(tmp_path):
     script = ("from groundup import kernels; import torch, torch.nn.functional as F; "
               "print(kernels.enabled()); print(kernels.unavailable_reason()); "
               "x = torch.randn(64, 512); print(torch.equal(kernels.gelu(x), F.gelu(x, approximate='tanh')))")
-    env = {"CC": str(tmp_path / "no-such-compiler"), "GROUNDUP_CACHE": str(tmp_path), "PATH": ""}
+    env = {**os.environ, "CC": str(tmp_path / "no-such-compiler"), "GROUNDUP_CACHE": str(tmp_path), "PATH": ""}
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env)
     lines = out.stdout.splitlines()
     assert lines[0] == "False" and lines[2] == "True", out.stdout + out.stderr

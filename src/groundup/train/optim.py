@@ -49,10 +49,12 @@ class AdamW(torch.optim.AdamW):
             params = [p for p in group["params"] if p.grad is not None]
             if not params:
                 continue
+            if not kernels.applies(params):
+                return None  # not plain float32 CPU tensors (asked first: reading a CUDA step count syncs)
             states = [self.state.get(p) for p in params]
             steps = {int(s["step"]) if s else 0 for s in states}
-            if len(steps) != 1 or not kernels.applies(params):
-                return None  # (parameters at different step counts, or not plain float32 CPU tensors)
+            if len(steps) != 1:
+                return None  # parameters at different step counts
             for p, s in zip(params, states):
                 if not s:
                     self.state[p] = {"step": torch.tensor(0.0), "exp_avg": torch.zeros_like(p), "exp_avg_sq": torch.zeros_like(p)}
