@@ -10,6 +10,8 @@ builds its tanh is not vectorised at all: GELU then costs as much as a 128-wide 
                    rope)        read straight from the fused projection  (is_causal=True), apply_rope
                                 and its bias, RoPE optional
   layer_norm(x, γ, β, eps)      layer norm, forward and backward         twin: F.layer_norm
+  linear(x, W, b)               x·Wᵀ + b and its gradients, as register  twin: F.linear
+                                tiles of 8 × 32 (the matrix products)
   total_norm(tensors), clip_    ‖g‖₂ over all gradients, clipping        twin: torch.nn.utils.get_total_norm,
                                                                                clip_grads_with_norm_
   adamw_step(…)                 AdamW over all parameters in one pass    twin: torch.optim.AdamW
@@ -91,8 +93,9 @@ def _build() -> ctypes.CDLL:
     lib.sum_of_squares.restype = ctypes.c_double
     lib.scale.argtypes = [f32p, f32p, i32, f32, i32]
     lib.adamw_step.argtypes = [f32p, f32p, f32p, f32p, f32p, i32, f32, f32, f32, f32, f32, f32, f32, i32]
+    lib.matmul.argtypes = [i64, i64, i64, f32p, i64, i64, f32p, i64, i64, f32p, f32p, i64, i32]
     for fn in (lib.gelu_forward, lib.gelu_backward, lib.attention_forward, lib.attention_backward,
-               lib.layer_norm_forward, lib.layer_norm_backward, lib.scale, lib.adamw_step):
+               lib.layer_norm_forward, lib.layer_norm_backward, lib.matmul, lib.scale, lib.adamw_step):
         fn.restype = None
     return lib
 
@@ -255,6 +258,51 @@ def layer_norm(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor 
     if weight is not None and runs_on(x, weight, *([bias] if bias is not None else [])):
         return _LayerNorm.apply(x, weight, bias, eps)
     return F.layer_norm(x, x.shape[-1:], weight, bias, eps)
+
+
+def _matmul(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None, out: torch.Tensor) -> torch.Tensor:
+    """out (M × N, rows contiguous) = a (M × K) · b (K × N) + bias, a and b with any strides."""
+    library().matmul(a.shape[0], b.shape[1], a.shape[1], _ptr(a), a.stride(0), a.stride(1), _ptr(b), b.stride(0),
+                     b.stride(1), _ptr_or_none(bias), _ptr(out), out.stride(0), torch.get_num_threads())
+    return out
+
+
+_ONE = torch.ones(1)
+
+
+class _Linear(torch.autograd.Function):
+    """y = x·Wᵀ + b over the last dimension of x; dx = dy·W, dW = dyᵀ·x, db = 1ᵀ·dy (the column sums
+    of dy, as a product with a row of ones)."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias):
+        x2 = x.reshape(-1, x.shape[-1])
+        y = x.new_empty(x2.shape[0], weight.shape[0])
+        _matmul(x2, weight.t(), bias, y)
+        ctx.save_for_backward(x, weight)
+        ctx.has_bias = bias is not None
+        return y.view(*x.shape[:-1], weight.shape[0])
+
+    @staticmethod
+    def backward(ctx, dy):
+        x, weight = ctx.saved_tensors
+        x2, dy2 = x.reshape(-1, x.shape[-1]), dy.reshape(-1, dy.shape[-1])
+        dx = dweight = dbias = None
+        if ctx.needs_input_grad[0]:
+            dx = _matmul(dy2, weight, None, x.new_empty(x2.shape)).view(x.shape)
+        if ctx.needs_input_grad[1]:
+            dweight = _matmul(dy2.t(), x2, None, torch.empty_like(weight, memory_format=torch.contiguous_format))
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            ones = _ONE.as_strided((1, dy2.shape[0]), (0, 0))
+            dbias = _matmul(ones, dy2, None, weight.new_empty(1, weight.shape[0])).view(-1)
+        return dx, dweight, dbias
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """x·Wᵀ + b over the last dimension of x (F.linear): W (out × in), b (out) or None."""
+    if x.dim() >= 2 and runs_on(x, weight, *([bias] if bias is not None else [])):
+        return _Linear.apply(x, weight, bias if bias is None or bias.is_contiguous() else bias.contiguous())
+    return F.linear(x, weight, bias)
 
 
 # ---- many tensors in one call: gradient norm, clipping, AdamW ------------------------------------

@@ -10,6 +10,7 @@
  *   attention_forward / _backward    causal softmax(Q Kᵀ · scale) V per (batch, head), Q and K
  *                                    optionally rotated (RoPE); the backward pass by hand, keeping
  *                                    only the log-sum-exp of each row
+ *   matmul                           C = A·B + bias, any strides: the linear layers, forward and backward
  *   sum_of_squares, scale, adamw_step   over many tensors in one call: gradient norm, clipping, AdamW
  *
  * Work is split over (batch, head) pairs or element ranges with a static schedule, so every output
@@ -395,6 +396,83 @@ void attention_backward(const float *q, const float *k, const float *v, int64_t 
             dbias[c] = sum;
         }
     free(scratch);
+}
+
+/* ---- matrix products for the linear layers: C = A·B (+ bias) -----------------------------------
+ * The product every linear layer makes, forward (y = x·Wᵀ + b) and backward (dx = dy·W,
+ * dW = dyᵀ·x). Each MR × NR block of C is one register tile (16 accumulators of 16 floats: the FMA
+ * units stay busy while the next B row loads), summed over k in order, so every element of C comes
+ * from the same loop for any thread count. B is read in place when its rows are contiguous and its
+ * width a multiple of NR; otherwise it is first copied into zero-padded panels of NR columns. */
+#define MR 8
+#define NR 32
+
+static inline void matmul_tile(int K, const float *restrict A, int64_t a_row, int64_t a_col, int rows,
+                               const float *restrict B, int64_t ldb, float *restrict C, int64_t ldc, int cols,
+                               const float *restrict bias) {
+    f16 c0[MR] = {0}, c1[MR] = {0};
+    int64_t offset[MR]; /* rows past the end repeat the last one: read, never stored */
+    for (int r = 0; r < MR; r++) offset[r] = (r < rows ? r : rows - 1) * a_row;
+    for (int k = 0; k < K; k++) {
+        f16 b0, b1;
+        memcpy(&b0, B + k * ldb, sizeof b0);
+        memcpy(&b1, B + k * ldb + TC, sizeof b1);
+        for (int r = 0; r < MR; r++) {
+            const float a = A[offset[r] + k * a_col];
+            c0[r] += a * b0;
+            c1[r] += a * b1;
+        }
+    }
+    f16 bias0 = {0}, bias1 = {0};
+    if (bias) {
+        float padded[NR] = {0};
+        memcpy(padded, bias, sizeof(float) * cols);
+        memcpy(&bias0, padded, sizeof bias0);
+        memcpy(&bias1, padded + TC, sizeof bias1);
+    }
+    for (int r = 0; r < rows; r++) {
+        c0[r] += bias0;
+        c1[r] += bias1;
+        if (cols == NR) {
+            memcpy(C + r * ldc, &c0[r], sizeof c0[r]);
+            memcpy(C + r * ldc + TC, &c1[r], sizeof c1[r]);
+        } else {
+            float out[NR];
+            memcpy(out, &c0[r], sizeof c0[r]);
+            memcpy(out + TC, &c1[r], sizeof c1[r]);
+            memcpy(C + r * ldc, out, sizeof(float) * cols);
+        }
+    }
+}
+
+/* C (M × N, rows ldc apart) = A (M × K) · B (K × N) + bias (N values, or NULL). A[i][k] is at
+ * A[i·a_row + k·a_col] and B[k][n] at B[k·b_row + n·b_col]: a transposed operand is just other
+ * strides (x·Wᵀ passes W with its strides swapped). */
+void matmul(int64_t M, int64_t N, int64_t K, const float *A, int64_t a_row, int64_t a_col, const float *B,
+            int64_t b_row, int64_t b_col, const float *bias, float *C, int64_t ldc, int threads) {
+    const int64_t tiles_m = (M + MR - 1) / MR, tiles_n = (N + NR - 1) / NR;
+    float *panels = NULL;
+    if (b_col != 1 || N % NR) { /* panel t holds B's columns t·NR .. t·NR+NR-1 as K rows of NR floats */
+        panels = malloc(sizeof(float) * K * NR * tiles_n);
+#pragma omp parallel for num_threads(threads) schedule(static)
+        for (int64_t t = 0; t < tiles_n; t++) {
+            float *P = panels + t * K * NR;
+            for (int j = 0; j < NR; j++) {
+                const int64_t n = t * NR + j;
+                for (int64_t k = 0; k < K; k++) P[k * NR + j] = n < N ? B[k * b_row + n * b_col] : 0.0f;
+            }
+        }
+    }
+#pragma omp parallel for num_threads(threads) schedule(static) collapse(2)
+    for (int64_t i = 0; i < tiles_m; i++)
+        for (int64_t t = 0; t < tiles_n; t++) {
+            const int64_t r0 = i * MR, c0 = t * NR;
+            const float *b = panels ? panels + t * K * NR : B + c0;
+            matmul_tile((int)K, A + r0 * a_row, a_row, a_col, M - r0 < MR ? (int)(M - r0) : MR, b,
+                        panels ? NR : b_row, C + r0 * ldc + c0, ldc, N - c0 < NR ? (int)(N - c0) : NR,
+                        bias ? bias + c0 : NULL);
+        }
+    free(panels);
 }
 
 /* ---- over many tensors at once: gradient norm, scaling, AdamW ---------------------------------

@@ -11,17 +11,9 @@ import torch
 from torch import nn
 
 from groundup.config import ModelConfig
-from groundup.kernels import layer_norm
 from groundup.model.attention import CausalSelfAttention, KVCache
 from groundup.model.feedforward import FeedForward
-
-
-class LayerNorm(nn.LayerNorm):
-    """(x − mean)/√(var + eps)·γ + β over the last dimension: nn.LayerNorm's parameters and names,
-    computed by a fused kernel on the CPU (groundup.kernels)."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return layer_norm(x, self.weight, self.bias, self.eps)
+from groundup.model.layers import LayerNorm
 
 
 class Block(nn.Module):
