@@ -28,8 +28,10 @@ def test_tiny_tensors_take_the_pytorch_op(monkeypatch):
     assert kernels.gelu(x).grad_fn.name() == "GeluBackward0"
     assert kernels.layer_norm(x, torch.ones(128), None, 1e-5).grad_fn.name() == "NativeLayerNormBackward0"
     assert not kernels.attention_applies(32, x)
+    assert kernels.linear(x, torch.randn(384, 128, requires_grad=True)).grad_fn.name() != "_LinearBackward"
     big = torch.randn(12, 64, 128, requires_grad=True)
     assert kernels.gelu(big).grad_fn.name() == "_GeluBackward"
+    assert kernels.linear(big, torch.randn(384, 128)).grad_fn.name() == "_LinearBackward"
 
 
 def grads(fn, *inputs, seed=0):
@@ -131,6 +133,37 @@ def test_layer_norm_matches_torch(bias):
         torch.testing.assert_close(a, r, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("shape,bias", [
+    ((12, 64, 128, 384), True),   # the classic recipe's QKV projection: rows, columns, all whole tiles
+    ((5, 7, 33, 76), True),       # nothing a multiple of the 8 × 32 tile: edge rows and columns
+    ((3, 1, 1, 1), False),        # one input, one output
+    ((2, 9, 512, 128), False),    # a long sum over k
+])
+def test_linear_matches_f_linear(shape, bias):
+    *lead, n_in, n_out = shape
+    x, w = torch.randn(*lead, n_in), torch.randn(n_out, n_in) / n_in ** 0.5
+    args = (x, w, torch.randn(n_out)) if bias else (x, w)
+    out, g = grads(kernels.linear, *args)
+    ref, ref_g = grads(F.linear, *args)
+    assert kernels.linear(*args).grad_fn is None  # (no grad needed: no graph) …
+    assert kernels.linear(*(t.requires_grad_() for t in args)).grad_fn.name() == "_LinearBackward"  # … the kernel's
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    for a, r in zip(g, ref_g):  # dx, dW, db
+        torch.testing.assert_close(a, r, rtol=1e-5, atol=1e-4)
+
+
+def test_linear_takes_any_strides_and_only_the_gradients_asked_for():
+    """A strided input and a weight stored column by column (store_for_decoding's layout)."""
+    x = torch.randn(6, 40, 256)[..., ::2]
+    w = torch.randn(96, 128).t().contiguous().t()
+    b = torch.randn(96)
+    torch.testing.assert_close(kernels.linear(x, w, b), F.linear(x, w, b), rtol=1e-5, atol=1e-5)
+    w.requires_grad_()
+    out = kernels.linear(x, w)  # x needs no gradient (the first layer's input, say): only dW is made
+    (dw,) = torch.autograd.grad(out, [w], torch.ones_like(out))
+    torch.testing.assert_close(dw, torch.ones(6 * 40, 96).t() @ x.reshape(-1, 128), rtol=1e-5, atol=1e-4)
+
+
 def test_results_do_not_depend_on_thread_count():
     torch.manual_seed(0)
     qkv, qkv_bias, x, w = torch.randn(4, 64, 3, 4, 32), torch.randn(384), torch.randn(256, 128), torch.randn(128)
@@ -142,7 +175,8 @@ def test_results_do_not_depend_on_thread_count():
             _, ga = grads(kernels.causal_attention, qkv, qkv_bias)
             _, gl = grads(lambda x, w: kernels.layer_norm(x, w, None, 1e-5), x, w)
             _, gg = grads(kernels.gelu, x, w)
-            results.append([*ga, *gl, *gg])
+            out, gm = grads(kernels.linear, x[:, :100], torch.randn(96, 100, generator=torch.Generator().manual_seed(1)), w[:96])
+            results.append([*ga, *gl, *gg, out, *gm])
     finally:
         torch.set_num_threads(before)
     for other in results[1:]:
