@@ -94,8 +94,9 @@ def _build() -> ctypes.CDLL:
     lib.scale.argtypes = [f32p, f32p, i32, f32, i32]
     lib.adamw_step.argtypes = [f32p, f32p, f32p, f32p, f32p, i32, f32, f32, f32, f32, f32, f32, f32, i32]
     lib.matmul.argtypes = [i64, i64, i64, f32p, i64, i64, f32p, i64, i64, f32p, f32p, i64, i32]
+    lib.linear_backward.argtypes = [i64, i64, i64, f32p, i64, i64, f32p, i64, i64, f32p, f32p, f32p, f32p, i32]
     for fn in (lib.gelu_forward, lib.gelu_backward, lib.attention_forward, lib.attention_backward,
-               lib.layer_norm_forward, lib.layer_norm_backward, lib.matmul, lib.scale, lib.adamw_step):
+               lib.layer_norm_forward, lib.layer_norm_backward, lib.matmul, lib.linear_backward, lib.scale, lib.adamw_step):
         fn.restype = None
     return lib
 
@@ -260,25 +261,16 @@ def layer_norm(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor 
     return F.layer_norm(x, x.shape[-1:], weight, bias, eps)
 
 
-def _matmul(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None, out: torch.Tensor) -> torch.Tensor:
-    """out (M × N, rows contiguous) = a (M × K) · b (K × N) + bias, a and b with any strides."""
-    library().matmul(a.shape[0], b.shape[1], a.shape[1], _ptr(a), a.stride(0), a.stride(1), _ptr(b), b.stride(0),
-                     b.stride(1), _ptr_or_none(bias), _ptr(out), out.stride(0), torch.get_num_threads())
-    return out
-
-
-_ONE = torch.ones(1)
-
-
 class _Linear(torch.autograd.Function):
-    """y = x·Wᵀ + b over the last dimension of x; dx = dy·W, dW = dyᵀ·x, db = 1ᵀ·dy (the column sums
-    of dy, as a product with a row of ones)."""
+    """y = x·Wᵀ + b over the last dimension of x; backward dx = dy·W, dW = dyᵀ·x, db = Σ_rows dy."""
 
     @staticmethod
     def forward(ctx, x, weight, bias):
         x2 = x.reshape(-1, x.shape[-1])
+        wt = weight.t()
         y = x.new_empty(x2.shape[0], weight.shape[0])
-        _matmul(x2, weight.t(), bias, y)
+        library().matmul(y.shape[0], y.shape[1], x2.shape[1], _ptr(x2), x2.stride(0), x2.stride(1), _ptr(wt),
+                         wt.stride(0), wt.stride(1), _ptr_or_none(bias), _ptr(y), y.shape[1], torch.get_num_threads())
         ctx.save_for_backward(x, weight)
         ctx.has_bias = bias is not None
         return y.view(*x.shape[:-1], weight.shape[0])
@@ -286,16 +278,15 @@ class _Linear(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dy):
         x, weight = ctx.saved_tensors
-        x2, dy2 = x.reshape(-1, x.shape[-1]), dy.reshape(-1, dy.shape[-1])
-        dx = dweight = dbias = None
-        if ctx.needs_input_grad[0]:
-            dx = _matmul(dy2, weight, None, x.new_empty(x2.shape)).view(x.shape)
-        if ctx.needs_input_grad[1]:
-            dweight = _matmul(dy2.t(), x2, None, torch.empty_like(weight, memory_format=torch.contiguous_format))
-        if ctx.has_bias and ctx.needs_input_grad[2]:
-            ones = _ONE.as_strided((1, dy2.shape[0]), (0, 0))
-            dbias = _matmul(ones, dy2, None, weight.new_empty(1, weight.shape[0])).view(-1)
-        return dx, dweight, dbias
+        x2, dy2 = x.reshape(-1, x.shape[-1]), dy.reshape(-1, dy.shape[-1]).contiguous()
+        wants_x, wants_w, wants_b = ctx.needs_input_grad
+        dx = x.new_empty(x2.shape) if wants_x else None
+        dweight = weight.new_empty(weight.shape) if wants_w else None
+        dbias = weight.new_empty(weight.shape[0]) if ctx.has_bias and wants_b else None
+        library().linear_backward(x2.shape[0], x2.shape[1], weight.shape[0], _ptr(x2), x2.stride(0), x2.stride(1),
+                                  _ptr(weight), weight.stride(0), weight.stride(1), _ptr(dy2), _ptr_or_none(dx),
+                                  _ptr_or_none(dweight), _ptr_or_none(dbias), torch.get_num_threads())
+        return dx.view(x.shape) if dx is not None else None, dweight, dbias
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:

@@ -10,7 +10,7 @@
  *   attention_forward / _backward    causal softmax(Q Kᵀ · scale) V per (batch, head), Q and K
  *                                    optionally rotated (RoPE); the backward pass by hand, keeping
  *                                    only the log-sum-exp of each row
- *   matmul                           C = A·B + bias, any strides: the linear layers, forward and backward
+ *   matmul, linear_backward          C = A·B + bias, any strides: the linear layers, forward and backward
  *   sum_of_squares, scale, adamw_step   over many tensors in one call: gradient norm, clipping, AdamW
  *
  * Work is split over (batch, head) pairs or element ranges with a static schedule, so every output
@@ -445,34 +445,87 @@ static inline void matmul_tile(int K, const float *restrict A, int64_t a_row, in
     }
 }
 
-/* C (M × N, rows ldc apart) = A (M × K) · B (K × N) + bias (N values, or NULL). A[i][k] is at
- * A[i·a_row + k·a_col] and B[k][n] at B[k·b_row + n·b_col]: a transposed operand is just other
+/* One product C (M × N, rows ldc apart) = A (M × K) · B (K × N) + bias (N values, or NULL). A[i][k] is
+ * at A[i·a_row + k·a_col] and B[k][n] at B[k·b_row + n·b_col]: a transposed operand is just other
  * strides (x·Wᵀ passes W with its strides swapped). */
-void matmul(int64_t M, int64_t N, int64_t K, const float *A, int64_t a_row, int64_t a_col, const float *B,
-            int64_t b_row, int64_t b_col, const float *bias, float *C, int64_t ldc, int threads) {
-    const int64_t tiles_m = (M + MR - 1) / MR, tiles_n = (N + NR - 1) / NR;
-    float *panels = NULL;
-    if (b_col != 1 || N % NR) { /* panel t holds B's columns t·NR .. t·NR+NR-1 as K rows of NR floats */
-        panels = malloc(sizeof(float) * K * NR * tiles_n);
-#pragma omp parallel for num_threads(threads) schedule(static)
-        for (int64_t t = 0; t < tiles_n; t++) {
-            float *P = panels + t * K * NR;
-            for (int j = 0; j < NR; j++) {
-                const int64_t n = t * NR + j;
-                for (int64_t k = 0; k < K; k++) P[k * NR + j] = n < N ? B[k * b_row + n * b_col] : 0.0f;
-            }
-        }
+typedef struct {
+    int64_t M, N, K;
+    const float *A;
+    int64_t a_row, a_col;
+    const float *B;
+    int64_t b_row, b_col;
+    const float *bias;
+    float *C;
+    int64_t ldc;
+    float *panels; /* B as zero-padded panels of NR columns, where it cannot be read in place */
+} product_t;
+
+static void product_prepare(product_t *p) {
+    const int64_t tiles_n = (p->N + NR - 1) / NR;
+    p->panels = p->b_col != 1 || p->N % NR ? malloc(sizeof(float) * p->K * NR * tiles_n) : NULL;
+}
+
+/* Inside a parallel region: this thread's share of the panels (panel t holds B's columns t·NR …
+ * t·NR + NR − 1 as K rows of NR floats), copied in blocks of 16 k so both sides stay in L1. */
+static void product_pack(const product_t *p) {
+    if (!p->panels) return;
+    const int64_t tiles_n = (p->N + NR - 1) / NR, K = p->K;
+#pragma omp for schedule(static) nowait
+    for (int64_t t = 0; t < tiles_n; t++) {
+        float *P = p->panels + t * K * NR;
+        const int width = p->N - t * NR < NR ? (int)(p->N - t * NR) : NR;
+        for (int64_t k0 = 0; k0 < K; k0 += 16)
+            for (int j = 0; j < NR; j++)
+                for (int64_t k = k0; k < k0 + 16 && k < K; k++)
+                    P[k * NR + j] = j < width ? p->B[k * p->b_row + (t * NR + j) * p->b_col] : 0.0f;
     }
-#pragma omp parallel for num_threads(threads) schedule(static) collapse(2)
+}
+
+/* Inside a parallel region, after the packing: this thread's share of the tiles. */
+static void product_tiles(const product_t *p) {
+    const int64_t tiles_m = (p->M + MR - 1) / MR, tiles_n = (p->N + NR - 1) / NR;
+#pragma omp for schedule(static) collapse(2) nowait
     for (int64_t i = 0; i < tiles_m; i++)
         for (int64_t t = 0; t < tiles_n; t++) {
             const int64_t r0 = i * MR, c0 = t * NR;
-            const float *b = panels ? panels + t * K * NR : B + c0;
-            matmul_tile((int)K, A + r0 * a_row, a_row, a_col, M - r0 < MR ? (int)(M - r0) : MR, b,
-                        panels ? NR : b_row, C + r0 * ldc + c0, ldc, N - c0 < NR ? (int)(N - c0) : NR,
-                        bias ? bias + c0 : NULL);
+            const float *b = p->panels ? p->panels + t * p->K * NR : p->B + c0;
+            matmul_tile((int)p->K, p->A + r0 * p->a_row, p->a_row, p->a_col, p->M - r0 < MR ? (int)(p->M - r0) : MR, b,
+                        p->panels ? NR : p->b_row, p->C + r0 * p->ldc + c0, p->ldc,
+                        p->N - c0 < NR ? (int)(p->N - c0) : NR, p->bias ? p->bias + c0 : NULL);
         }
-    free(panels);
+}
+
+/* Several products in one parallel region (one wake-up of the threads): pack, wait, multiply. */
+static void products(product_t *p, int count, int threads) {
+    for (int i = 0; i < count; i++) product_prepare(&p[i]);
+#pragma omp parallel num_threads(threads)
+    {
+        for (int i = 0; i < count; i++) product_pack(&p[i]);
+#pragma omp barrier
+        for (int i = 0; i < count; i++) product_tiles(&p[i]);
+    }
+    for (int i = 0; i < count; i++) free(p[i].panels);
+}
+
+void matmul(int64_t M, int64_t N, int64_t K, const float *A, int64_t a_row, int64_t a_col, const float *B,
+            int64_t b_row, int64_t b_col, const float *bias, float *C, int64_t ldc, int threads) {
+    product_t p = {M, N, K, A, a_row, a_col, B, b_row, b_col, bias, C, ldc, NULL};
+    products(&p, 1, threads);
+}
+
+/* The backward pass of y = x·Wᵀ + b, x (M × n_in, rows x_row apart), W (n_out × n_in, strides w_row,
+ * w_col), dy (M × n_out, rows contiguous), in one call; any of dx, dW, db may be NULL (not wanted):
+ *   dx = dy·W,  dW = dyᵀ·x,  db = 1ᵀ·dy (the column sums of dy, as a product with a row of ones) */
+void linear_backward(int64_t M, int64_t n_in, int64_t n_out, const float *x, int64_t x_row, int64_t x_col,
+                     const float *W, int64_t w_row, int64_t w_col, const float *dy, float *dx, float *dW, float *db,
+                     int threads) {
+    static const float one = 1.0f;
+    product_t p[3];
+    int count = 0;
+    if (dx) p[count++] = (product_t){M, n_in, n_out, dy, n_out, 1, W, w_row, w_col, NULL, dx, n_in, NULL};
+    if (dW) p[count++] = (product_t){n_out, n_in, M, dy, 1, n_out, x, x_row, x_col, NULL, dW, n_in, NULL};
+    if (db) p[count++] = (product_t){1, n_out, M, &one, 0, 0, dy, n_out, 1, NULL, db, n_out, NULL};
+    products(p, count, threads);
 }
 
 /* ---- over many tensors at once: gradient norm, scaling, AdamW ---------------------------------
