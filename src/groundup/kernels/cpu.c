@@ -465,6 +465,30 @@ static void product_prepare(product_t *p) {
     p->panels = p->b_col != 1 || p->N % NR ? malloc(sizeof(float) * p->K * NR * tiles_n) : NULL;
 }
 
+#if defined(__GNUC__) && !defined(__clang__)
+typedef int32_t i16 __attribute__((vector_size(TC * sizeof(int32_t))));
+/* dst[c·ldd + r] = src[r·lds + c] for a 16 × 16 block, in registers: four rounds that swap the
+ * off-diagonal halves of ever smaller blocks (8, 4, 2, 1), each a two-vector shuffle per row pair. */
+static inline void transpose16(const float *src, int64_t lds, float *dst, int64_t ldd) {
+    f16 r[TC];
+    for (int i = 0; i < TC; i++) memcpy(&r[i], src + i * lds, sizeof r[i]);
+#define ROUND(b)                                                                                                  \
+    {                                                                                                             \
+        const i16 lo = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};                                  \
+        const i16 keep = lo + (((lo & (b)) != 0) & (16 - (b))), take = keep + (b); /* lanes with bit b set: from c */ \
+        for (int i = 0; i < TC; i++)                                                                              \
+            if (!(i & (b))) {                                                                                     \
+                const f16 a = r[i], c = r[i + (b)];                                                               \
+                r[i] = __builtin_shuffle(a, c, keep);                                                             \
+                r[i + (b)] = __builtin_shuffle(a, c, take);                                                       \
+            }                                                                                                     \
+    }
+    ROUND(8) ROUND(4) ROUND(2) ROUND(1)
+#undef ROUND
+    for (int i = 0; i < TC; i++) memcpy(dst + i * ldd, &r[i], sizeof r[i]);
+}
+#endif
+
 /* Inside a parallel region: this thread's share of the panels (panel t holds B's columns t·NR …
  * t·NR + NR − 1 as K rows of NR floats), copied in blocks of 16 k so both sides stay in L1. */
 static void product_pack(const product_t *p) {
@@ -474,10 +498,18 @@ static void product_pack(const product_t *p) {
     for (int64_t t = 0; t < tiles_n; t++) {
         float *P = p->panels + t * K * NR;
         const int width = p->N - t * NR < NR ? (int)(p->N - t * NR) : NR;
-        for (int64_t k0 = 0; k0 < K; k0 += 16)
+        for (int64_t k0 = 0; k0 < K; k0 += 16) {
+#if defined(__GNUC__) && !defined(__clang__)
+            if (p->b_row == 1 && width == NR && k0 + 16 <= K) { /* B = Wᵀ of a row-major W: 16 × 16 blocks */
+                for (int j0 = 0; j0 < NR; j0 += TC)
+                    transpose16(p->B + k0 + (t * NR + j0) * p->b_col, p->b_col, P + k0 * NR + j0, NR);
+                continue;
+            }
+#endif
             for (int j = 0; j < NR; j++)
                 for (int64_t k = k0; k < k0 + 16 && k < K; k++)
                     P[k * NR + j] = j < width ? p->B[k * p->b_row + (t * NR + j) * p->b_col] : 0.0f;
+        }
     }
 }
 
