@@ -125,11 +125,14 @@ def enabled() -> bool:
     return library() is not None
 
 
+_PLAIN = (torch.Tensor, torch.nn.Parameter)
+
+
 def _usable(*tensors: torch.Tensor) -> bool:
     if torch.compiler.is_compiling() or torch.is_autocast_enabled("cpu"):
         return False
-    if not all(type(t) in (torch.Tensor, torch.nn.Parameter) and t.layout == torch.strided and t.device.type == "cpu"
-               and t.dtype == torch.float32 for t in tensors):  # (a tensor subclass such as FSDP's DTensor goes to PyTorch's own op)
+    if not all(type(t) in _PLAIN and t.is_cpu and t.dtype is torch.float32 and t.layout is torch.strided
+               for t in tensors):  # (a tensor subclass such as FSDP's DTensor goes to PyTorch's own op)
         return False
     return enabled()
 

@@ -62,7 +62,13 @@ class AdamW(torch.optim.AdamW):
             moments = [t for s in states for t in (s["exp_avg"], s["exp_avg_sq"])]
             if not kernels.applies(moments):
                 return None
-            plan.append({"group": group, "params": params, "states": states, "step": steps.pop(),
+            # Each state keeps its own 0-dim "step" tensor (torch's format), but as a view into one
+            # tensor for the group, so a step moves them all with one add_ (not one op per parameter).
+            step = steps.pop()
+            counts = torch.full((len(params),), float(step))
+            for i, s in enumerate(states):
+                s["step"] = counts[i]
+            plan.append({"group": group, "params": params, "states": states, "step": step, "counts": counts,
                          "pointers": kernels.tensor_pointers(params, moments[0::2], moments[1::2])})
         return plan
 
@@ -85,7 +91,7 @@ class AdamW(torch.optim.AdamW):
             beta1, beta2 = group["betas"]
             kernels.adamw_step(entry["pointers"], g, step=entry["step"], lr=group["lr"], beta1=beta1, beta2=beta2,
                                eps=group["eps"], weight_decay=group["weight_decay"])
-            torch._foreach_add_([s["step"] for s in entry["states"]], 1.0)
+            entry["counts"].add_(1.0)  # every state's "step" (views of it)
         return True
 
 
