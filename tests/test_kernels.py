@@ -152,6 +152,13 @@ def test_linear_matches_f_linear(shape, bias):
         torch.testing.assert_close(a, r, rtol=1e-5, atol=1e-4)
 
 
+def test_a_second_derivative_through_a_kernel_raises_rather_than_being_wrong():
+    x, w = torch.randn(8, 32, requires_grad=True), torch.randn(32, 32, requires_grad=True)
+    (dx,) = torch.autograd.grad(kernels.gelu(kernels.linear(x, w)).sum(), [x], create_graph=True)
+    with pytest.raises(RuntimeError, match="once_differentiable|does not require grad"):
+        torch.autograd.grad(dx.sum(), [w])
+
+
 def test_linear_takes_any_strides_and_only_the_gradients_asked_for():
     """A strided input and a weight stored column by column (store_for_decoding's layout)."""
     x = torch.randn(6, 40, 256)[..., ::2]

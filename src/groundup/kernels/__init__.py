@@ -36,6 +36,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
 
 SOURCE = Path(__file__).with_name("cpu.c")
 FLAGS = ["-O3", "-march=native", "-fopenmp", "-fno-tree-loop-distribute-patterns", "-fno-math-errno", "-fno-trapping-math", "-shared", "-fPIC"]
@@ -162,6 +163,7 @@ class _Gelu(torch.autograd.Function):
         return y
 
     @staticmethod
+    @once_differentiable  # (the C backward is not itself differentiable: a second derivative raises)
     def backward(ctx, dy):
         x, bias = ctx.saved_tensors
         dy = dy.contiguous()
@@ -200,6 +202,7 @@ class _CausalAttention(torch.autograd.Function):
         return out
 
     @staticmethod
+    @once_differentiable  # (the C backward is not itself differentiable: a second derivative raises)
     def backward(ctx, dout):
         qkv, bias, cos, sin, out, lse = ctx.saved_tensors
         B, T, _, H, d = qkv.shape
@@ -246,6 +249,7 @@ class _LayerNorm(torch.autograd.Function):
         return y
 
     @staticmethod
+    @once_differentiable  # (the C backward is not itself differentiable: a second derivative raises)
     def backward(ctx, dy):
         x, weight, mean, rstd = ctx.saved_tensors
         dy = dy.contiguous()
@@ -279,6 +283,7 @@ class _Linear(torch.autograd.Function):
         return y.view(*x.shape[:-1], weight.shape[0])
 
     @staticmethod
+    @once_differentiable  # (the C backward is not itself differentiable: a second derivative raises)
     def backward(ctx, dy):
         x, weight = ctx.saved_tensors
         x2, dy2 = x.reshape(-1, x.shape[-1]), dy.reshape(-1, dy.shape[-1]).contiguous()
