@@ -178,6 +178,33 @@ void layer_norm_backward(const float *x, const float *gamma, const float *mean, 
  * it (two AVX2 registers otherwise). */
 typedef float f16 __attribute__((vector_size(TC * sizeof(float))));
 
+/* dst[c·ldd + r] = src[r·lds + c] for a 16 × 16 block. With GCC, in registers: four rounds that swap
+ * the off-diagonal halves of ever smaller blocks (8, 4, 2, 1), each a two-vector shuffle per row pair. */
+static inline void transpose16(const float *src, int64_t lds, float *dst, int64_t ldd) {
+#if defined(__GNUC__) && !defined(__clang__)
+    typedef int32_t i16 __attribute__((vector_size(TC * sizeof(int32_t))));
+    f16 r[TC];
+    for (int i = 0; i < TC; i++) memcpy(&r[i], src + i * lds, sizeof r[i]);
+#define ROUND(b)                                                                                                  \
+    {                                                                                                             \
+        const i16 lo = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};                                  \
+        const i16 keep = lo + (((lo & (b)) != 0) & (16 - (b))), take = keep + (b); /* lanes with bit b set: from c */ \
+        for (int i = 0; i < TC; i++)                                                                              \
+            if (!(i & (b))) {                                                                                     \
+                const f16 a = r[i], c = r[i + (b)];                                                               \
+                r[i] = __builtin_shuffle(a, c, keep);                                                             \
+                r[i + (b)] = __builtin_shuffle(a, c, take);                                                       \
+            }                                                                                                     \
+    }
+    ROUND(8) ROUND(4) ROUND(2) ROUND(1)
+#undef ROUND
+    for (int i = 0; i < TC; i++) memcpy(dst + i * ldd, &r[i], sizeof r[i]);
+#else
+    for (int i = 0; i < TC; i++)
+        for (int c = 0; c < TC; c++) dst[c * ldd + i] = src[i * lds + c];
+#endif
+}
+
 /* C[r][c] = Σ_{k<K} A[r][k]·B[k][c] for one TR × TC tile; the accumulators stay in registers.
  * a_transposed: A is stored as Aᵀ, i.e. A[r][k] is at A[k·lda + r] (saves transposing it). */
 static inline void tile(int K, const float *restrict A, int lda, int a_transposed, const float *restrict B, int ldb,
@@ -288,35 +315,60 @@ static void scores(const float *q, const float *k, const float *q_bias, const fl
     causal_product(COLUMNS_UP_TO_ROW, Tp, Tp, d, Q, d, Kt, Tp, S, Tp);
 }
 
-/* Row i of S (scores, unscaled) → P = softmax(scale·S) over keys 0..i, zero beyond (to the end of
- * the row's last 16-key block); returns the log-sum-exp of the row. The loops run over whole
- * 16-key blocks with 16 running maxima / sums, so each block is one vector operation. */
-static inline float softmax_row(float *s, int i, float scale) {
-    const int blocks = i / TC + 1;
-    float mx[TC], sm[TC];
-    for (int l = 0; l < TC; l++) mx[l] = -3.0e38f, sm[l] = 0.0f;
-    for (int jb = 0; jb < blocks; jb++)
-        for (int l = 0; l < TC; l++) {
-            const int j = jb * TC + l;
-            const float x = s[j], masked = j <= i ? x : -3.0e38f;
-            mx[l] = masked > mx[l] ? masked : mx[l];
+/* Σ or max over the 16 lanes of each of 16 rows (parts: 16 × 16) → one value per row: transposed,
+ * the 16 horizontal reductions become 15 vertical vector operations. */
+static inline void reduce_rows(const float *parts, int use_max, float *out) {
+    float t[TC * TC];
+    transpose16(parts, TC, t, TC);
+    for (int r = 0; r < TC; r++) out[r] = t[r];
+    for (int l = 1; l < TC; l++)
+#pragma omp simd
+        for (int r = 0; r < TC; r++) {
+            const float x = t[l * TC + r];
+            out[r] = use_max ? (x > out[r] ? x : out[r]) : out[r] + x;
         }
-    float m = mx[0];
-    for (int l = 1; l < TC; l++) m = mx[l] > m ? mx[l] : m;
-    m *= scale;
-    for (int jb = 0; jb < blocks; jb++)
-        for (int l = 0; l < TC; l++) {
-            const int j = jb * TC + l;
-            const float e = exp_fast(s[j] * scale - m);
-            s[j] = j <= i ? e : 0.0f;
-            sm[l] += s[j];
-        }
-    float sum = 0.0f;
-    for (int l = 0; l < TC; l++) sum += sm[l];
-    const float inv = 1.0f / sum;
-    for (int jb = 0; jb < blocks; jb++)
-        for (int l = 0; l < TC; l++) s[jb * TC + l] *= inv;
-    return m + logf(sum);
+}
+
+/* Rows i0 … i0+rows−1 (rows ≤ 16) of S (scores, unscaled, rows Tp apart) → P = softmax(scale·S) over
+ * keys 0..i, zero beyond (to the end of the row's last 16-key block); lse ← each row's log-sum-exp.
+ * Each row is read in whole 16-key blocks with 16 running maxima / sums, one vector operation per
+ * block; the band's 16 rows are then reduced together (reduce_rows). */
+static void softmax_band(float *S, int Tp, int i0, int rows, float scale, float *lse) {
+    float parts[TC * TC], m[TC], sum[TC];
+    for (int r = 0; r < TC; r++) {
+        float *mx = parts + r * TC;
+        for (int l = 0; l < TC; l++) mx[l] = r < rows ? -3.0e38f : 0.0f;
+        const int i = i0 + r;
+        for (int jb = 0; r < rows && jb <= i / TC; jb++)
+#pragma omp simd
+            for (int l = 0; l < TC; l++) {
+                const int j = jb * TC + l;
+                const float x = S[(size_t)i * Tp + j], masked = j <= i ? x : -3.0e38f;
+                mx[l] = masked > mx[l] ? masked : mx[l];
+            }
+    }
+    reduce_rows(parts, 1, m);
+    for (int r = 0; r < TC; r++) {
+        float *sm = parts + r * TC, *s = S + (size_t)(i0 + r) * Tp;
+        const int i = i0 + r;
+        const float mr = m[r] * scale;
+        for (int l = 0; l < TC; l++) sm[l] = r < rows ? 0.0f : 1.0f;
+        for (int jb = 0; r < rows && jb <= i / TC; jb++)
+#pragma omp simd
+            for (int l = 0; l < TC; l++) {
+                const int j = jb * TC + l;
+                const float e = exp_fast(s[j] * scale - mr);
+                s[j] = j <= i ? e : 0.0f;
+                sm[l] += s[j];
+            }
+    }
+    reduce_rows(parts, 0, sum);
+    for (int r = 0; r < rows; r++) {
+        float *s = S + (size_t)(i0 + r) * Tp;
+        const float inv = 1.0f / sum[r];
+        for (int j = 0; j < ((i0 + r) / TC + 1) * TC; j++) s[j] *= inv;
+        lse[r] = m[r] * scale + logf(sum[r]);
+    }
 }
 
 void attention_forward(const float *q, const float *k, const float *v, int64_t row_stride, int64_t batch_stride,
@@ -333,7 +385,7 @@ void attention_forward(const float *q, const float *k, const float *v, int64_t r
         float *Q = buf, *K = Q + td, *Kt = K + td, *V = Kt + td, *O = V + td, *P = O + td;
         scores(q + base, k + base, BIAS(0), BIAS(1), rope_cos, rope_sin, row_stride, T, Tp, d, Q, K, Kt, P);
         load_rows(v + base, BIAS(2), row_stride, T, Tp, d, V);
-        for (int i = 0; i < T; i++) lse[(int64_t)bh * T + i] = softmax_row(P + (size_t)i * Tp, i, scale);
+        for (int i0 = 0; i0 < T; i0 += TC) softmax_band(P, Tp, i0, T - i0 < TC ? T - i0 : TC, scale, lse + (int64_t)bh * T + i0);
         causal_product(SUM_UP_TO_ROW, Tp, d, T, P, Tp, V, d, O, d); /* O = P V */
         store_rows(O, T, d, out + (int64_t)b * T * C + (int64_t)h * d, C, NULL);
         free(buf);
@@ -364,13 +416,22 @@ void attention_backward(const float *q, const float *k, const float *v, int64_t 
         load_rows(dout + obase, NULL, C, T, Tp, d, dO);
         memset(dS, 0, sizeof(float) * tt);
         causal_product(COLUMNS_UP_TO_ROW, Tp, Tp, d, dO, d, Vt, Tp, dS, Tp); /* dP = dO Vᵀ */
+        float parts[TC * TC], deltas[TC]; /* rowsum(dO ⊙ O), 16 rows at a time (reduce_rows) */
         for (int i = 0; i < T; i++) {
             float *p = P + (size_t)i * Tp, *ds = dS + (size_t)i * Tp;
-            const float *oi = out + obase + (int64_t)i * C, *doi = dO + (size_t)i * d;
-            const float l = lse[(int64_t)bh * T + i];
-            float delta = 0.0f; /* rowsum(dO ⊙ O) */
-#pragma omp simd reduction(+ : delta)
-            for (int c = 0; c < d; c++) delta += doi[c] * oi[c];
+            if (i % TC == 0) {
+                for (int r = 0; r < TC; r++) {
+                    float *part = parts + r * TC;
+                    for (int lane = 0; lane < TC; lane++) part[lane] = 0.0f;
+                    if (i + r >= T) continue;
+                    const float *oi = out + obase + (int64_t)(i + r) * C, *doi = dO + (size_t)(i + r) * d;
+                    for (int c0 = 0; c0 < d; c0 += TC)
+#pragma omp simd
+                        for (int lane = 0; lane < TC; lane++) part[lane] += doi[c0 + lane] * oi[c0 + lane];
+                }
+                reduce_rows(parts, 0, deltas);
+            }
+            const float l = lse[(int64_t)bh * T + i], delta = deltas[i % TC];
             for (int jb = 0; jb <= i / TC; jb++)
                 for (int lane = 0; lane < TC; lane++) {
                     const int j = jb * TC + lane;
@@ -465,29 +526,6 @@ static void product_prepare(product_t *p) {
     p->panels = p->b_col != 1 || p->N % NR ? malloc(sizeof(float) * p->K * NR * tiles_n) : NULL;
 }
 
-#if defined(__GNUC__) && !defined(__clang__)
-typedef int32_t i16 __attribute__((vector_size(TC * sizeof(int32_t))));
-/* dst[c·ldd + r] = src[r·lds + c] for a 16 × 16 block, in registers: four rounds that swap the
- * off-diagonal halves of ever smaller blocks (8, 4, 2, 1), each a two-vector shuffle per row pair. */
-static inline void transpose16(const float *src, int64_t lds, float *dst, int64_t ldd) {
-    f16 r[TC];
-    for (int i = 0; i < TC; i++) memcpy(&r[i], src + i * lds, sizeof r[i]);
-#define ROUND(b)                                                                                                  \
-    {                                                                                                             \
-        const i16 lo = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};                                  \
-        const i16 keep = lo + (((lo & (b)) != 0) & (16 - (b))), take = keep + (b); /* lanes with bit b set: from c */ \
-        for (int i = 0; i < TC; i++)                                                                              \
-            if (!(i & (b))) {                                                                                     \
-                const f16 a = r[i], c = r[i + (b)];                                                               \
-                r[i] = __builtin_shuffle(a, c, keep);                                                             \
-                r[i + (b)] = __builtin_shuffle(a, c, take);                                                       \
-            }                                                                                                     \
-    }
-    ROUND(8) ROUND(4) ROUND(2) ROUND(1)
-#undef ROUND
-    for (int i = 0; i < TC; i++) memcpy(dst + i * ldd, &r[i], sizeof r[i]);
-}
-#endif
 
 /* Inside a parallel region: this thread's share of the panels (panel t holds B's columns t·NR …
  * t·NR + NR − 1 as K rows of NR floats), copied in blocks of 16 k so both sides stay in L1. */
@@ -499,13 +537,11 @@ static void product_pack(const product_t *p) {
         float *P = p->panels + t * K * NR;
         const int width = p->N - t * NR < NR ? (int)(p->N - t * NR) : NR;
         for (int64_t k0 = 0; k0 < K; k0 += 16) {
-#if defined(__GNUC__) && !defined(__clang__)
             if (p->b_row == 1 && width == NR && k0 + 16 <= K) { /* B = Wᵀ of a row-major W: 16 × 16 blocks */
                 for (int j0 = 0; j0 < NR; j0 += TC)
                     transpose16(p->B + k0 + (t * NR + j0) * p->b_col, p->b_col, P + k0 * NR + j0, NR);
                 continue;
             }
-#endif
             for (int j = 0; j < NR; j++)
                 for (int64_t k = k0; k < k0 + 16 && k < K; k++)
                     P[k * NR + j] = j < width ? p->B[k * p->b_row + (t * NR + j) * p->b_col] : 0.0f;
