@@ -129,17 +129,19 @@ def enabled() -> bool:
 _PLAIN = (torch.Tensor, torch.nn.Parameter)
 
 
-def _usable(*tensors: torch.Tensor) -> bool:
+def _usable(*tensors: torch.Tensor | None) -> bool:
+    """True where every tensor given (None: an absent bias, skipped) is a plain float32 CPU tensor and
+    the kernels are on."""
     if torch.compiler.is_compiling() or torch.is_autocast_enabled("cpu"):
         return False
-    if not all(type(t) in _PLAIN and t.is_cpu and t.dtype is torch.float32 and t.layout is torch.strided
+    if not all(t is None or (type(t) in _PLAIN and t.is_cpu and t.dtype is torch.float32 and t.layout is torch.strided)
                for t in tensors):  # (a tensor subclass such as FSDP's DTensor goes to PyTorch's own op)
         return False
     return enabled()
 
 
-def runs_on(*tensors: torch.Tensor) -> bool:
-    """True where the layer kernels (gelu, layer_norm, causal_attention) run on these tensors:
+def runs_on(*tensors: torch.Tensor | None) -> bool:
+    """True where the layer kernels (linear, gelu, layer_norm, causal_attention) run on these tensors:
     float32 on the CPU (see _usable), the first of them with at least MIN_ELEMENTS elements."""
     return tensors[0].numel() >= MIN_ELEMENTS and _usable(*tensors)
 
@@ -178,7 +180,7 @@ class _Gelu(torch.autograd.Function):
 def gelu(x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """GELU, tanh form (as GPT-2), of x (+ bias over the last dimension):
     0.5·z·(1 + tanh(√(2/π)·(z + 0.044715·z³))), z = x + bias."""
-    if runs_on(x, *([bias] if bias is not None else [])):
+    if runs_on(x, bias):
         return _Gelu.apply(x, bias)
     return F.gelu(x if bias is None else x + bias, approximate="tanh")
 
@@ -230,7 +232,7 @@ def causal_attention(qkv: torch.Tensor, bias: torch.Tensor | None = None,
     plus the bias (3·H·d) or None, and for RoPE the (cos, sin) tables of positions 0..T-1, each
     (T, d/2) → heads concatenated (B, T, H·d). Only where attention_applies."""
     cos, sin = (t.contiguous() for t in rope) if rope is not None else (None, None)
-    if not attention_applies(qkv.shape[-1], qkv, *(t for t in (bias, cos, sin) if t is not None)):
+    if not attention_applies(qkv.shape[-1], qkv, bias, cos, sin):
         raise ValueError("causal_attention needs float32 CPU tensors and a head size that is a multiple of 16")
     return _CausalAttention.apply(qkv, bias, cos, sin)
 
@@ -263,7 +265,7 @@ class _LayerNorm(torch.autograd.Function):
 
 def layer_norm(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None, eps: float) -> torch.Tensor:
     """Layer norm over the last dimension: (x − mean)/√(var + eps)·γ + β."""
-    if weight is not None and runs_on(x, weight, *([bias] if bias is not None else [])):
+    if weight is not None and runs_on(x, weight, bias):
         return _LayerNorm.apply(x, weight, bias, eps)
     return F.layer_norm(x, x.shape[-1:], weight, bias, eps)
 
@@ -299,7 +301,7 @@ class _Linear(torch.autograd.Function):
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """x·Wᵀ + b over the last dimension of x (F.linear): W (out × in), b (out) or None."""
-    if x.dim() >= 2 and runs_on(x, weight, *([bias] if bias is not None else [])):
+    if x.dim() >= 2 and runs_on(x, weight, bias):
         return _Linear.apply(x, weight, bias if bias is None or bias.is_contiguous() else bias.contiguous())
     return F.linear(x, weight, bias)
 

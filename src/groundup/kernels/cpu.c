@@ -292,10 +292,10 @@ static void rotate_rows(float *x, const float *cos, const float *sin, int T, int
     }
 }
 
-/* dst (d × Tp) ← srcᵀ for src (Tp × d) */
+/* dst (d × Tp) ← srcᵀ for src (Tp × d), both multiples of 16, in 16 × 16 blocks */
 static void transpose_rows(const float *src, int Tp, int d, float *dst) {
-    for (int c = 0; c < d; c++)
-        for (int t = 0; t < Tp; t++) dst[(size_t)c * Tp + t] = src[(size_t)t * d + c];
+    for (int t0 = 0; t0 < Tp; t0 += TC)
+        for (int c0 = 0; c0 < d; c0 += TC) transpose16(src + (size_t)t0 * d + c0, d, dst + (size_t)c0 * Tp + t0, Tp);
 }
 
 /* One head's queries and keys, read as the forward and the backward pass both need them:
@@ -525,7 +525,6 @@ static void product_prepare(product_t *p) {
     const int64_t tiles_n = (p->N + NR - 1) / NR;
     p->panels = p->b_col != 1 || p->N % NR ? malloc(sizeof(float) * p->K * NR * tiles_n) : NULL;
 }
-
 
 /* Inside a parallel region: this thread's share of the panels (panel t holds B's columns t·NR …
  * t·NR + NR − 1 as K rows of NR floats), copied in blocks of 16 k so both sides stay in L1. */
