@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from groundup.accounting import model_flops_utilization
 from groundup.config import RunConfig
 from groundup.data import BatchSampler, TokenData, prepare_cached
 from groundup.errors import CheckpointError, ConfigError
@@ -384,7 +385,7 @@ def _train(config: RunConfig, run_dir: Path, resume: bool, progress: bool, info:
             record = {"step": step, "loss": loss_value, "lr": lr, "tokens_per_s": round(tokens_per_s, 1),
                       "time_s": round(now - t0 + elapsed_before, 3)}
             if peak_total:
-                record["mfu"] = fields["mfu"] = flops_per_token * tokens_per_s / peak_total
+                record["mfu"] = fields["mfu"] = model_flops_utilization(flops_per_token * tokens_per_s, peak_total)
             metrics.log(**record)
             bar.update(step - bar.n, **fields)
         else:
