@@ -318,6 +318,16 @@ def test_cli_cost_json_is_full_precision_and_matches_the_text(capsys):
     assert data["gpus"] == data["min_gpus"] == 2 and data["memory"]["state"] == 112e9
     assert data["memory"]["activations"] is None and data["memory"]["activations_counted"] is False
     assert data["days"] == pytest.approx(hours / 2 / 24, rel=1e-12)
+    assert data["dollars"] == pytest.approx(hours * 2.5, rel=1e-12)
+    assert data["kwh"] == pytest.approx(hours * 700 * 1.2 / 1000, rel=1e-12)
+    assert data["decode_tokens_per_s"] == pytest.approx(3350e9 / (2 * 7e9), rel=1e-12)
+    _, raw_bands, _ = _cli(capsys, "cost", "--json")
+    for row in json.loads(raw_bands)["bands"]["rows"]:
+        row_hours = row["flops"] / (989e12 * 0.4) / 3600
+        assert row["gpu_hours"] == pytest.approx(row_hours, rel=1e-12)
+        assert row["days"] == pytest.approx(row_hours / row["gpus"] / 24, rel=1e-12)
+        assert row["dollars"] == pytest.approx(row_hours * 2.5, rel=1e-12)
+        assert row["mwh"] == pytest.approx(row_hours * 0.7 * 1.2 / 1000, rel=1e-12)
     for printed in (f"{data['gpu_hours']:,.0f} GPU-hours", f"{data['days']:,.1f} days on 2 GPUs", f"${data['dollars']:,.0f}",
                     f"{data['mwh']:,.1f} MWh"):
         assert printed in text, printed
