@@ -19,8 +19,11 @@ from __future__ import annotations
 
 import json
 import os
+import statistics
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+
+import torch
 
 from groundup.accounting import (
     DECODE_BYTES_PER_PARAM, DEFAULT_GPU, DEFAULT_MFU, DEFAULT_PRICE, DEFAULT_PUE, STATE_BYTES_PER_PARAM, USABLE_MEMORY,
@@ -29,7 +32,10 @@ from groundup.accounting import (
 )
 from groundup.errors import ConfigError, GroundupError
 from groundup.hardware import PRESETS, Hardware
+from groundup.model import GPT
 from groundup.report.format import human, human_bytes, human_energy, human_flops, human_money, human_time, parse_amount, plural
+from groundup.train import checkpoint as ckpt
+from groundup.util.metrics import read_metrics
 
 
 def hardware_with(name: str = DEFAULT_GPU, peak_tflops: float | None = None, memory_gb: float | None = None,
@@ -264,14 +270,6 @@ def format_estimate(f: dict) -> str:
 def measured_speed(run_dir: str | os.PathLike) -> dict:
     """A run's parameter count, FLOPs per token and measured tokens/s (median of its logged
     intervals, the first one — warm-up — left out), from its run directory."""
-    import statistics
-
-    import torch
-
-    from groundup.model import GPT
-    from groundup.train import checkpoint as ckpt
-    from groundup.util.metrics import read_metrics
-
     run_dir = Path(run_dir)
     if not (run_dir / ckpt.CONFIG).exists():
         raise GroundupError(f"{run_dir} is not a run directory (no config.json); pass one written by `groundup train --out`")

@@ -16,9 +16,11 @@ import torch
 
 from groundup.accounting import (DEFAULT_GPU, DEFAULT_MFU, DEFAULT_PRICE, DEFAULT_PUE, USABLE_MEMORY, project,
                                  training_flops, training_memory)
+from groundup.data import load_corpus
 from groundup.hardware import PRESETS, preset_for_device_name
 from groundup.model import GPT
 from groundup.report.format import human_bytes, human_money, human_time
+from groundup.tokenizer import load_tokenizer
 from groundup.train.engine import build_engine
 from groundup.train.step import train_step
 from groundup.util.device import pick_device
@@ -48,11 +50,8 @@ def _plan_vocab(config) -> tuple[int, str]:
     if d.tokenizer == "bpe":
         return d.bpe_vocab_size, "the BPE target size"
     if d.tokenizer == "char":
-        from groundup.data import load_corpus
-
         text = load_corpus(d.corpus, errors=d.errors).text
         return len(set(text)), "distinct characters in the corpus"
-    from groundup.tokenizer import load_tokenizer
 
     return load_tokenizer(d.tokenizer, pattern=d.pattern).vocab_size, "the tokenizer file"
 
