@@ -141,3 +141,34 @@ def test_a_hook_can_roll_the_step_back():
 def test_dataclass_replace_keeps_engine_choice_validated():
     with pytest.raises(ConfigError, match="train.engine must be 'torch' or 'numpy'"):
         dataclasses.replace(TrainConfig(), engine="jax")
+
+
+def _update_calls(path):
+    """(line, what) of every call that changes weights or gradients the way a training loop does:
+    a tensor's .backward() with no arguments, an optimizer's .step(), gradient clipping."""
+    import ast
+
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+            name, owner = node.func.attr, ast.unparse(node.func.value)
+            if name == "backward" and not node.args and not node.keywords:
+                yield node.lineno, f"{owner}.backward()"
+            elif name == "step" and "optim" in owner.lower():
+                yield node.lineno, f"{owner}.step()"
+            elif name in ("clip_grad_norm_", "clip_grads_with_norm_"):
+                yield node.lineno, f"{owner}.{name}()"
+
+
+def test_weights_change_only_through_the_one_step():
+    """No module repeats forward → backward → clip → update: autograd's backward and the optimizer's
+    update are called in train/engine.py (the engines' arithmetic of train_step) alone, and clipping
+    in train/optim.py, which the engine calls."""
+    from pathlib import Path
+
+    src = Path(__file__).resolve().parents[1] / "src" / "groundup"
+    allowed = {"train/engine.py", "train/optim.py"}
+    timing_only = {"labs/attention_cost.py": "module(x).sum().backward()"}  # times a backward pass; no update
+    found = [f"{path.relative_to(src)}:{line}: {what}" for path in sorted(src.rglob("*.py"))
+             if str(path.relative_to(src)) not in allowed for line, what in _update_calls(path)
+             if timing_only.get(str(path.relative_to(src))) != what]
+    assert not found, "training outside groundup.train.step:\n" + "\n".join(found)
