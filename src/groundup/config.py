@@ -112,6 +112,7 @@ class TrainConfig:
     device: str = "auto"  # auto (cuda, else mps, else cpu) | cpu | cuda | cuda:N | mps
     dtype: str = "auto"  # auto (bf16 autocast on CUDA, else fp32) | float32 | bfloat16 | float64
     compile: bool = False  # torch.compile the model
+    kernels: bool = True  # fused CPU kernels where they apply; false = plain PyTorch ops
     parallel: str = "ddp"  # under torchrun: ddp (a full replica per rank) | fsdp (weights, grads, Adam sharded)
     threads: int = 0  # CPU threads for torch; 0 = torch's default
     # guards (see groundup/train/guards.py): a non-finite step is always skipped

@@ -38,6 +38,8 @@ import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
+from groundup.util.cache import default_cache_dir  # the one groundup cache: $GROUNDUP_CACHE, ~/.cache/groundup
+
 SOURCE = Path(__file__).with_name("cpu.c")
 FLAGS = ["-O3", "-march=native", "-fopenmp", "-fno-tree-loop-distribute-patterns", "-fno-math-errno", "-fno-trapping-math", "-shared", "-fPIC"]
 
@@ -65,8 +67,6 @@ def _build() -> ctypes.CDLL:
     source = SOURCE.read_bytes()
     compiler = os.environ.get("CC", "cc")
     key = hashlib.sha256(source + " ".join([compiler, *FLAGS, _cpu_signature(), sys.platform]).encode()).hexdigest()[:16]
-    from groundup.data.tokens import default_cache_dir  # the one groundup cache: $GROUNDUP_CACHE, ~/.cache/groundup
-
     path = default_cache_dir() / "kernels" / f"groundup_cpu_{key}.so"
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)

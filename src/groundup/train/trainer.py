@@ -31,6 +31,7 @@ import torch
 
 from groundup.config import RunConfig
 from groundup.data import BatchSampler, TokenData, prepare_cached
+from groundup.engines.torch.kernels import use_kernels
 from groundup.errors import CheckpointError, ConfigError
 from groundup.hardware import peak_flops
 from groundup.model import GPT
@@ -202,6 +203,8 @@ def _train(config: RunConfig, run_dir: Path, resume: bool, progress: bool, info:
             raise
         raise ConfigError(f"the model does not fit in memory on {device} (n_layer={m.n_layer}, n_embd={m.n_embd}, "
                           f"block_size={m.block_size}, vocab {m.vocab_size}): {str(e).splitlines()[0]}") from None
+    if t.kernels:
+        use_kernels(model)  # the fused CPU kernels, swapped in where they apply
     sharded = info.enabled and t.parallel == "fsdp"
     if sharded:
         shard_model(model, device)  # before the optimizer: its parameters become this rank's shards
