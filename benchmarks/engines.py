@@ -25,6 +25,7 @@ def torch_stepper(config, sampler):
     import torch
 
     from groundup.engines.numpy.trainer import initial_weights
+    from groundup.engines.torch.kernels import use_kernels
     from groundup.model import GPT
     from groundup.train.optim import configure_adamw
     from groundup.train.schedule import lr_at
@@ -32,6 +33,8 @@ def torch_stepper(config, sampler):
     t = config.train
     model = GPT(config.model)
     model.load_weights(initial_weights(config))
+    if t.kernels:
+        use_kernels(model)  # as groundup train does
     optimizer = configure_adamw(model, t, torch.device("cpu"))
     state = {"step": 0}
 
