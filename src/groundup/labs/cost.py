@@ -491,6 +491,7 @@ def probe_speed(config, device, steps: int = 5, max_seconds: float = 20.0) -> fl
 
     import torch
 
+    from groundup.engines.torch.kernels import use_kernels
     from groundup.model import GPT
     from groundup.train.optim import configure_adamw
     from groundup.util.device import autocast, autocast_dtype, param_dtype
@@ -500,6 +501,8 @@ def probe_speed(config, device, steps: int = 5, max_seconds: float = 20.0) -> fl
         torch.set_num_threads(t.threads)
     torch.manual_seed(0)
     model = GPT(m).to(device=device, dtype=param_dtype(t.dtype))
+    if t.kernels:
+        use_kernels(model)  # as groundup train does
     optimizer = configure_adamw(model, t, device)
     amp = autocast_dtype(device, t.dtype)
     x = torch.randint(0, m.vocab_size, (t.batch_size, m.block_size), device=device)
