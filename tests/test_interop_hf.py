@@ -64,6 +64,9 @@ def test_hf_logits_with_the_fused_kernels_at_real_shapes(monkeypatch):
                                   bos_token_id=None, eos_token_id=None)
     torch.manual_seed(0)
     hf = transformers.GPT2LMHeadModel(cfg).eval()
+    with torch.no_grad():  # HF starts biases at 0 and gains at 1: move every tensor, so each one shows
+        for p in hf.parameters():
+            p.add_(0.02 * torch.randn_like(p))
     config = config_from_hf(hf.config)
     ours = use_kernels(GPT(config)).eval()
     ours.load_weights(from_hf(hf.state_dict(), config))
