@@ -2,7 +2,9 @@
 
 On a CPU, PyTorch's eager mode runs each elementwise op as its own pass over memory, and on some
 builds its tanh is not vectorised at all: GELU then costs as much as a 128-wide matmul. These kernels
-(kernels/cpu.c) do each job in one pass and are used automatically for float32 tensors on the CPU:
+(kernels/cpu.c) do each job in one pass, on float32 tensors on the CPU. The model never calls them:
+groundup.engines.torch.kernels.use_kernels swaps fused modules that do into a plain model, and
+train.optim.configure_adamw picks the fused update (both switched by train.kernels):
 
   gelu(x, bias)                 GELU (tanh form) of x + bias, with the   twin: F.gelu(x + bias, approximate="tanh")
                                 bias gradient
