@@ -29,12 +29,13 @@ def build(shape: dict):
     from transformers import GPT2Config, GPT2LMHeadModel
 
     from groundup.config import ModelConfig
+    from groundup.engines.torch.kernels import use_kernels
     from groundup.interop.hf import hf_config_kwargs, to_hf
     from groundup.model import GPT
 
     config = ModelConfig(**shape, positional="learned", activation="gelu", norm="pre", bias=True, tie_embeddings=True)
     torch.manual_seed(0)
-    ours = GPT(config).eval()
+    ours = use_kernels(GPT(config)).eval()  # as `groundup sample` loads a run
     hf = GPT2LMHeadModel(GPT2Config(**hf_config_kwargs(config), bos_token_id=None, eos_token_id=None)).eval()
     hf.load_state_dict(to_hf(ours.weights(), config), strict=False)
     return ours, hf

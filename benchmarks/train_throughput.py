@@ -5,7 +5,7 @@ same thread count, measured in the same run (alternating, so a slow spell hits b
 
 Each side runs its own full training step (forward, backward, gradient clipping at 1.0, AdamW with
 the same hyperparameters and weight-decay groups):
-  groundup   what `groundup train` runs: the model with its fused CPU kernels (groundup.kernels),
+  groundup   what `groundup train` runs: the model with its fused CPU kernels (use_kernels, groundup.kernels),
              gradient_norm + clip_gradients_, groundup's AdamW (one fused pass over all parameters)
   HF         stock PyTorch: torch.nn.utils.clip_grad_norm_ and torch.optim.AdamW(fused=True)
 The breakdown also times forward + backward alone, so the model's share and the update's share of
@@ -35,10 +35,12 @@ def hf_model(vocab: int, block: int, n_layer: int, n_head: int, n_embd: int, act
 
 def ours_model(vocab: int, block: int, n_layer: int, n_head: int, n_embd: int, activation: str, positional: str):
     from groundup.config import ModelConfig
+    from groundup.engines.torch.kernels import use_kernels
     from groundup.model import GPT
 
-    return GPT(ModelConfig(vocab_size=vocab, block_size=block, n_layer=n_layer, n_head=n_head, n_embd=n_embd,
-                           positional=positional, activation=activation, dropout=0.0))
+    model = GPT(ModelConfig(vocab_size=vocab, block_size=block, n_layer=n_layer, n_head=n_head, n_embd=n_embd,
+                            positional=positional, activation=activation, dropout=0.0))
+    return use_kernels(model)  # as groundup train does
 
 
 def interleaved_tokens_per_s(contenders: dict, chunks: int, chunk_steps: int, warmup: int, tokens_per_step: int) -> dict:

@@ -3,25 +3,35 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
+# The cache is isolated from the moment pytest imports this file — before any test module is
+# collected, so a module-level call (kernels.enabled() in a skipif builds the kernel library) writes
+# here too, never into the user's ~/.cache (tests/test_kernels.py checks it).
+_CACHE = Path(tempfile.mkdtemp(prefix="groundup-cache-"))
+_OLD_CACHE = os.environ.get("GROUNDUP_CACHE")
+os.environ["GROUNDUP_CACHE"] = str(_CACHE)
+
 
 @pytest.fixture(scope="session", autouse=True)
-def _isolated_cache(tmp_path_factory):
-    cache = tmp_path_factory.mktemp("groundup-cache")
-    old = os.environ.get("GROUNDUP_CACHE")
-    os.environ["GROUNDUP_CACHE"] = str(cache)
-    yield cache
-    if old is None:
+def _isolated_cache():
+    return _CACHE
+
+
+def pytest_unconfigure(config):  # (also after --collect-only, where no fixture runs)
+    if _OLD_CACHE is None:
         os.environ.pop("GROUNDUP_CACHE", None)
     else:
-        os.environ["GROUNDUP_CACHE"] = old
+        os.environ["GROUNDUP_CACHE"] = _OLD_CACHE
+    shutil.rmtree(_CACHE, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -11,3 +11,21 @@ TINY = [
 
 def tiny_config(*overrides: str):
     return load_config(None, [*TINY, *overrides])
+
+
+def count_kernel_calls(monkeypatch) -> dict[str, int]:
+    """Count the fused kernels that really run (not their PyTorch fallbacks) until the test ends:
+    {'linear', 'layer_norm', 'gelu', 'causal_attention'} → number of forward calls."""
+    from groundup import kernels
+
+    counts = {}
+    for name, function in (("linear", kernels._Linear), ("layer_norm", kernels._LayerNorm), ("gelu", kernels._Gelu),
+                           ("causal_attention", kernels._CausalAttention)):
+        counts[name] = 0
+
+        def counted(*args, _apply=function.apply, _name=name):
+            counts[_name] += 1
+            return _apply(*args)
+
+        monkeypatch.setattr(function, "apply", counted)
+    return counts

@@ -14,7 +14,8 @@ A scenario is {"name", "run_dir", "steps": [step, ...]}; a step runs
 and is interrupted by "signal" (SIGKILL by default; SIGINT, SIGTERM) after "kill_after" seconds,
 or "kill_at_fraction" × the duration of the scenario named "reference" (run it first), or as soon
 as the file "when_exists" appears. The result per step is {"exit": code} or {"signal": name}, with
-the seconds it ran and the argv it ran.
+the seconds it ran and the argv it ran. A scenario with "count_kernels": true also reports, for each
+step that exits normally, how often each fused CPU kernel really ran ("kernel_calls").
 """
 
 from __future__ import annotations
@@ -35,9 +36,29 @@ import groundup.train.trainer  # noqa: F401
 from groundup.cli import main
 
 
+def count_kernel_calls() -> dict[str, int]:
+    """Wrap each fused kernel's autograd Function (in this process only) to count the calls that run it."""
+    from groundup import kernels
+
+    counts = {}
+    for name, function in (("linear", kernels._Linear), ("layer_norm", kernels._LayerNorm), ("gelu", kernels._Gelu),
+                           ("causal_attention", kernels._CausalAttention)):
+        counts[name] = 0
+
+        def counted(*args, _apply=function.apply, _name=name):
+            counts[_name] += 1
+            return _apply(*args)
+
+        function.apply = counted
+    return counts
+
+
 def run_child(argv: list[str], log_path: str, kill_after: float | None = None, sig: str = "SIGKILL",
-              when_exists: str | None = None, timeout: float = 120.0) -> dict:
+              when_exists: str | None = None, timeout: float = 120.0, count_kernels: bool = False) -> dict:
     start = time.perf_counter()
+    counts_path = log_path + ".kernel_calls"
+    if os.path.exists(counts_path):
+        os.unlink(counts_path)
     pid = os.fork()
     if pid == 0:  # the child: run the command as `python -m groundup` would
         code = 1
@@ -47,7 +68,11 @@ def run_child(argv: list[str], log_path: str, kill_after: float | None = None, s
             os.dup2(fd, 2)
             sys.stdout = os.fdopen(1, "w", buffering=1)
             sys.stderr = os.fdopen(2, "w", buffering=1)
+            counts = count_kernel_calls() if count_kernels else None
             code = main(argv)
+            if counts is not None:
+                with open(counts_path, "w") as f:
+                    json.dump(counts, f)
         except SystemExit as e:
             code = e.code if isinstance(e.code, int) else 1
         except BaseException:
@@ -69,7 +94,11 @@ def run_child(argv: list[str], log_path: str, kill_after: float | None = None, s
     seconds = round(time.perf_counter() - start, 3)
     if os.WIFSIGNALED(status):
         return {"signal": signal.Signals(os.WTERMSIG(status)).name, "seconds": seconds}
-    return {"exit": os.WEXITSTATUS(status), "seconds": seconds}
+    result = {"exit": os.WEXITSTATUS(status), "seconds": seconds}
+    if os.path.exists(counts_path):
+        with open(counts_path) as f:
+            result["kernel_calls"] = json.load(f)
+    return result
 
 
 def main_driver(path: str) -> None:
@@ -90,7 +119,8 @@ def main_driver(path: str) -> None:
             kill_after = st.get("kill_after")
             if st.get("kill_at_fraction") is not None:
                 kill_after = st["kill_at_fraction"] * reference_seconds
-            result = run_child(argv, log, kill_after, st.get("signal", "SIGKILL"), st.get("when_exists"))
+            result = run_child(argv, log, kill_after, st.get("signal", "SIGKILL"), st.get("when_exists"),
+                               count_kernels=sc.get("count_kernels", False))
             result["argv"] = argv
             state = os.path.join(run_dir, "state.json")
             if os.path.exists(state):  # where the run stood when it died (or finished)

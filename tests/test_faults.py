@@ -40,6 +40,10 @@ from helpers import TINY, tiny_config
 KILL_RUN = ["max_steps=40", "checkpoint_interval=5", "dropout=0.1", "threads=1"]
 KILL_ARGS = [a for s in TINY + KILL_RUN for a in ("--set", s)]
 RANDOM_SEEDS = [0, 1, 2, 3, 4, 5]
+# The same, with every fused CPU kernel running: head size 32, activations of 8 × 32 × 64 = 16,384
+# numbers (kernels.MIN_ELEMENTS), no dropout (the attention kernel has none).
+KERNEL_ARGS = KILL_ARGS + [a for s in ("n_embd=64", "batch_size=8", "dropout=0.0") for a in ("--set", s)]
+KERNEL_KILLS = {"kernels: kill after step 17": ["kill@17"], "kernels: kill while writing checkpoint 20": ["kill@20:write"]}
 
 # name → (steps): the first command is killed (or stopped), then `recover` resumes it — once or twice.
 INJECTED = {
@@ -73,6 +77,13 @@ def _scenarios(root: Path, corpus: Path) -> list[dict]:
         out.append({"name": f"{sig} then resume", "run_dir": d, "steps": [
             {"argv": train_argv(d), "signal": sig, "when_exists": f"{d}/checkpoints/step_{at:08d}"},
             {"recover": True}]})
+    kernel_argv = lambda d, *extra: ["train", *KERNEL_ARGS, "--set", f"corpus={corpus}", "--out", d, *extra]
+    out.append({"name": "kernels reference", "run_dir": run("kernels reference"), "count_kernels": True,
+                "steps": [{"argv": kernel_argv(run("kernels reference"))}]})
+    for name, faults in KERNEL_KILLS.items():
+        d = run(name.replace(":", ""))
+        out.append({"name": name, "run_dir": d, "count_kernels": True, "steps": [
+            {"argv": kernel_argv(d, *[a for f in faults for a in ("--inject", f)])}, {"recover": True}]})
     for seed in RANDOM_SEEDS:
         d = run(f"random kill seed {seed}")
         fraction = random.Random(seed).uniform(0.0, 0.75)  # of the reference's time, which includes data prep
@@ -139,6 +150,19 @@ def test_sigkill_at_an_injected_point_then_resume_is_bit_for_bit(killed_runs, na
         assert "restored them from" in log
     if "step 0" in name:
         assert "holds no checkpoint yet" in log and "starting from step 0" in log
+    _assert_same_as_reference(run_dir, reference)
+
+
+@pytest.mark.parametrize("name", list(KERNEL_KILLS))
+def test_sigkill_then_resume_is_bit_for_bit_with_the_fused_kernels_running(killed_runs, name):
+    run_dir, steps = killed_runs[name]
+    reference, reference_steps = killed_runs["kernels reference"]
+    assert steps[0].get("signal") == "SIGKILL" and steps[-1].get("exit") == 0, steps
+    for calls in (reference_steps[0]["kernel_calls"], steps[-1]["kernel_calls"]):  # the kernels really ran
+        assert calls["causal_attention"] > 0 and calls["layer_norm"] > 0 and calls["gelu"] > 0, calls
+    assert steps[-1]["kernel_calls"]["causal_attention"] < reference_steps[0]["kernel_calls"]["causal_attention"]  # resumed
+    log = (run_dir.parent / (run_dir.name + ".log")).read_text()
+    assert "Traceback" not in log
     _assert_same_as_reference(run_dir, reference)
 
 

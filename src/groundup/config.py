@@ -135,6 +135,7 @@ class TrainConfig:
     device: str = "auto"  # auto (cuda, else mps, else cpu) | cpu | cuda | cuda:N | mps
     dtype: DType = "auto"
     compile: bool = False  # torch.compile the model
+    kernels: bool = True  # fused CPU kernels where they apply; false = plain PyTorch ops
     parallel: Parallel = "ddp"
     threads: int = 0  # CPU threads for torch; 0 = torch's default
     # guards (see groundup/train/guards.py): a non-finite step is always skipped

@@ -22,6 +22,7 @@ from typing import Iterator
 
 import torch
 
+from groundup.engines.torch.kernels import use_kernels
 from groundup.errors import GroundupError
 from groundup.model import GPT
 
@@ -138,6 +139,8 @@ def load_run(run_dir: str | os.PathLike, device: str = "auto"):
     model = GPT(config.model)
     model.load_weights(ckpt.read_tensors(directory / ckpt.WEIGHTS), str(directory / ckpt.WEIGHTS))
     model.to(pick_device(device))
+    if config.train.kernels:  # as the run was trained: the fused CPU kernels where they apply
+        use_kernels(model)
     model.eval()
     return model, tokenizer, config
 

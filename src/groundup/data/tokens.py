@@ -23,6 +23,7 @@ import numpy as np
 from groundup.data.corpora import Corpus, load_corpus
 from groundup.errors import DataError, GroundupError
 from groundup.tokenizer import CharTokenizer, Tokenizer, load_tokenizer, train_bpe
+from groundup.util.cache import default_cache_dir  # (still importable from here, as before)
 from groundup.util.files import atomic_write_bytes, atomic_write_json
 
 META_VERSION = 1
@@ -41,13 +42,6 @@ class TokenData:
 
     def split(self, name: str) -> np.ndarray:
         return {"train": self.train, "val": self.val}[name]
-
-
-def default_cache_dir() -> Path:
-    """$GROUNDUP_CACHE, else $XDG_CACHE_HOME/groundup, else ~/.cache/groundup."""
-    if os.environ.get("GROUNDUP_CACHE"):
-        return Path(os.environ["GROUNDUP_CACHE"])
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "groundup"
 
 
 def text_sha256(text: str) -> str:

@@ -1,2 +1,3 @@
-"""Engines that train the same GPT: `groundup.model` (PyTorch, autograd) is the fast path;
-`groundup.engines.numpy` is the transparent one, with every gradient written out by hand."""
+"""Engines that train the same GPT: `groundup.model` (PyTorch, autograd), with the fused CPU kernels
+swapped in by `groundup.engines.torch.kernels.use_kernels`, is the fast path; `groundup.engines.numpy`
+is the transparent one, with every gradient written out by hand."""

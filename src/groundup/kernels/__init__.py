@@ -2,7 +2,9 @@
 
 On a CPU, PyTorch's eager mode runs each elementwise op as its own pass over memory, and on some
 builds its tanh is not vectorised at all: GELU then costs as much as a 128-wide matmul. These kernels
-(kernels/cpu.c) do each job in one pass and are used automatically for float32 tensors on the CPU:
+(kernels/cpu.c) do each job in one pass, on float32 tensors on the CPU. The model never calls them:
+groundup.engines.torch.kernels.use_kernels swaps fused modules that do into a plain model, and
+train.optim.configure_adamw picks the fused update (both switched by train.kernels):
 
   gelu(x, bias)                 GELU (tanh form) of x + bias, with the   twin: F.gelu(x + bias, approximate="tanh")
                                 bias gradient
@@ -38,6 +40,8 @@ import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
+from groundup.util.cache import default_cache_dir  # the one groundup cache: $GROUNDUP_CACHE, ~/.cache/groundup
+
 SOURCE = Path(__file__).with_name("cpu.c")
 FLAGS = ["-O3", "-march=native", "-fopenmp", "-fno-tree-loop-distribute-patterns", "-fno-math-errno", "-fno-trapping-math", "-shared", "-fPIC"]
 
@@ -65,8 +69,6 @@ def _build() -> ctypes.CDLL:
     source = SOURCE.read_bytes()
     compiler = os.environ.get("CC", "cc")
     key = hashlib.sha256(source + " ".join([compiler, *FLAGS, _cpu_signature(), sys.platform]).encode()).hexdigest()[:16]
-    from groundup.data.tokens import default_cache_dir  # the one groundup cache: $GROUNDUP_CACHE, ~/.cache/groundup
-
     path = default_cache_dir() / "kernels" / f"groundup_cpu_{key}.so"
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)

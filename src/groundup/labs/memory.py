@@ -47,6 +47,7 @@ from torch import nn
 from groundup.config import ModelConfig, RunConfig, load_config
 from groundup.data import BatchSampler, TokenData, load_corpus
 from groundup.data.tokens import prepare_in_cache
+from groundup.engines.torch.kernels import use_kernels
 from groundup.errors import ConfigError, GroundupError
 from groundup.model import GPT
 from groundup.model.lora import (
@@ -155,7 +156,7 @@ def extend_char_vocabulary(model: GPT, tokenizer: CharTokenizer, texts: list[str
     old_rows = {i: i for i in range(len(tokenizer.chars))}
     old_rows.update({new_tok.special_tokens[s]: i for s, i in tokenizer.special_tokens.items()})
     config = replace(model.config, vocab_size=new_tok.vocab_size)
-    grown = GPT(config).to(model.token_embedding.weight.device)
+    grown = use_kernels(GPT(config).to(model.token_embedding.weight.device))  # as the run it grows from
     weights = grown.weights()
     with torch.no_grad():
         for name, tensor in model.weights().items():
@@ -414,7 +415,7 @@ def train_task_model(task, max_steps: int, batch_size: int, width: int, seed: in
     config = ModelConfig(vocab_size=task.vocab_size, block_size=task.length, n_layer=1, n_head=4, n_embd=width,
                          positional="learned")
     torch.manual_seed(seed)
-    model = GPT(config).to(device)
+    model = use_kernels(GPT(config).to(device))  # as groundup train does
     t = replace(load_config(None, []).train, learning_rate=lr, min_lr=lr / 10, max_steps=max_steps,
                 warmup_steps=min(50, max_steps // 10), weight_decay=0.0)
     optimizer = configure_adamw(model, t, device)

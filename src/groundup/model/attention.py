@@ -9,8 +9,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from groundup.config import ModelConfig
-from groundup.kernels import attention_applies, causal_attention, linear
-from groundup.model.layers import Linear
 from groundup.model.positional import apply_rope, rope_tables
 
 
@@ -40,8 +38,8 @@ class CausalSelfAttention(nn.Module):
         self.path = config.attention  # "math": every step written out; "sdpa": fused kernel
         self.dropout = config.dropout
         # W_Q, W_K, W_V stacked into one (3C × C) matrix: one matmul makes queries, keys and values.
-        self.qkv = Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
-        self.output = Linear(config.n_embd, config.n_embd, bias=config.bias)  # W^O
+        self.qkv = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
+        self.output = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)  # W^O
         self.attention_dropout = nn.Dropout(config.dropout)
         self.residual_dropout = nn.Dropout(config.dropout)
         self.register_buffer(
@@ -55,13 +53,6 @@ class CausalSelfAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0, start: int = 0) -> torch.Tensor:
         B, T, C = x.shape
-        if (self.path == "sdpa" and cache is None and not (self.training and self.dropout)
-                and type(self.qkv) is Linear and attention_applies(self.d_k, x, self.qkv.weight)):  # (not LoRA)
-            # The fused CPU kernel (groundup.kernels): the same attention, reading Q, K and V from the
-            # projection in place, adding their bias and turning Q and K (rope) as it reads them.
-            qkv = linear(x, self.qkv.weight).view(B, T, 3, self.n_head, self.d_k)
-            rope = (self.rope_cos[:T], self.rope_sin[:T]) if self.rope else None
-            return self.residual_dropout(self.output(causal_attention(qkv, self.qkv.bias, rope)))
         # One matmul makes queries, keys and values; split the width into n_head heads of d_k.
         qkv = self.qkv(x).view(B, T, 3, self.n_head, self.d_k)  # (B, T, 3, nh, d_k)
         if self.rope:  # rotate queries and keys together, by their positions start..start+T-1

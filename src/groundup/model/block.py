@@ -13,16 +13,15 @@ from torch import nn
 from groundup.config import ModelConfig
 from groundup.model.attention import CausalSelfAttention, KVCache
 from groundup.model.feedforward import FeedForward
-from groundup.model.layers import LayerNorm
 
 
 class Block(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.pre_norm = config.norm == "pre"
-        self.norm_attention = LayerNorm(config.n_embd, bias=config.bias)
+        self.norm_attention = nn.LayerNorm(config.n_embd, bias=config.bias)
         self.attention = CausalSelfAttention(config)
-        self.norm_ffn = LayerNorm(config.n_embd, bias=config.bias)
+        self.norm_ffn = nn.LayerNorm(config.n_embd, bias=config.bias)
         self.ffn = FeedForward(config)
 
     def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0, start: int = 0) -> torch.Tensor:

@@ -7,8 +7,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from groundup.config import ModelConfig
-from groundup.kernels import gelu, linear, runs_on  # GELU, tanh form (as GPT-2); a fused kernel on the CPU
-from groundup.model.layers import Linear
+
+
+def gelu(x: torch.Tensor) -> torch.Tensor:
+    """GELU, tanh form (as GPT-2): 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³)))."""
+    return F.gelu(x, approximate="tanh")
+
 
 ACTIVATIONS = {"relu": F.relu, "gelu": gelu}
 
@@ -17,15 +21,10 @@ class FeedForward(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
         hidden = config.ffn_mult * config.n_embd
-        self.up = Linear(config.n_embd, hidden, bias=config.bias)  # W₁: C → 4C
+        self.up = nn.Linear(config.n_embd, hidden, bias=config.bias)  # W₁: C → 4C
         self.activation = ACTIVATIONS[config.activation]
-        self.down = Linear(hidden, config.n_embd, bias=config.bias)  # W₂: 4C → C
+        self.down = nn.Linear(hidden, config.n_embd, bias=config.bias)  # W₂: 4C → C
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.activation is gelu and type(self.up) is Linear and runs_on(x, self.up.weight):
-            # W₁x, then + b₁ and GELU in one pass (a fused CPU kernel; elsewhere the usual way below)
-            hidden = gelu(linear(x, self.up.weight), self.up.bias)
-        else:
-            hidden = self.activation(self.up(x))
-        return self.dropout(self.down(hidden))
+        return self.dropout(self.down(self.activation(self.up(x))))

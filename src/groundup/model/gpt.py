@@ -22,7 +22,6 @@ from groundup.config import ModelConfig
 from groundup.errors import ConfigError
 from groundup.model.attention import KVCache
 from groundup.model.block import Block
-from groundup.model.layers import LayerNorm, Linear
 from groundup.model.positional import LearnedPositions, SinusoidalPositions
 from groundup.model.weights import check_weights
 
@@ -51,8 +50,8 @@ class GPT(nn.Module):
         self.embedding_dropout = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList([Block(config) for _ in range(config.n_layer)])
         # Post-norm blocks already end in a layer norm; pre-norm needs one before the head.
-        self.final_norm = LayerNorm(C, bias=config.bias) if config.norm == "pre" else nn.Identity()
-        self.lm_head = Linear(C, config.vocab_size, bias=False)
+        self.final_norm = nn.LayerNorm(C, bias=config.bias) if config.norm == "pre" else nn.Identity()
+        self.lm_head = nn.Linear(C, config.vocab_size, bias=False)
         if config.tie_embeddings:
             self.lm_head.weight = self.token_embedding.weight  # one matrix: id → vector and vector → logits
         self.reset_parameters()

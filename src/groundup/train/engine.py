@@ -25,6 +25,7 @@ from groundup.config import RunConfig
 from groundup.engines.numpy import model as numpy_model
 from groundup.engines.numpy import training as numpy_training
 from groundup.engines.numpy.optim import AdamW as NumpyAdamW, clip_grads_with_norm, grad_norm
+from groundup.engines.torch.kernels import use_kernels
 from groundup.errors import CheckpointError, ConfigError
 from groundup.model import GPT
 from groundup.model.weights import check_weights
@@ -65,17 +66,19 @@ class TorchEngine:
     """A groundup.model.GPT (or any module whose forward(x, y) returns (logits, loss)) and its
     optimizer. `forward_model` is what runs the forward pass when it differs from `model` (a DDP or
     torch.compile wrapper); `sync(skip)` is the context that skips the gradient all-reduce on all but
-    a step's last micro-batch; `all_reduce` averages the loss and norm over ranks."""
+    a step's last micro-batch; `all_reduce` averages the loss and norm over ranks; `kernels` picks the
+    fused CPU gradient norm and clipping (train.kernels; the optimizer's own kernel is chosen by
+    configure_adamw)."""
 
     name = "torch"
 
     def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, *, device: torch.device | None = None,
-                 amp: torch.dtype | None = None, forward_model=None, sync=None, all_reduce=None):
+                 amp: torch.dtype | None = None, forward_model=None, sync=None, all_reduce=None, kernels: bool = True):
         self.model, self.optimizer = model, optimizer
         self.forward_model = forward_model if forward_model is not None else model
         self.device = device if device is not None else next(model.parameters()).device
         self.amp = amp
-        self._sync, self._all_reduce = sync, all_reduce
+        self._sync, self._all_reduce, self.kernels = sync, all_reduce, kernels
         self.parameters = list(model.parameters())
 
     # ---- the step's arithmetic -------------------------------------------------------------------
@@ -92,7 +95,7 @@ class TorchEngine:
         return value.detach()
 
     def gradient_norm(self) -> torch.Tensor:
-        norm = gradient_norm(self.parameters)
+        norm = gradient_norm(self.parameters, fused=self.kernels)
         return norm.full_tensor() if is_sharded(norm) else norm  # FSDP: the global norm, on every rank
 
     def loss_and_norm(self, loss_sum: torch.Tensor, n_micro: int, norm: torch.Tensor) -> tuple[float, float]:
@@ -103,7 +106,7 @@ class TorchEngine:
         return loss, norm_value
 
     def clip_gradients(self, max_norm: float, norm: torch.Tensor) -> None:
-        clip_gradients_(self.parameters, max_norm, norm)
+        clip_gradients_(self.parameters, max_norm, norm, fused=self.kernels)
 
     def update(self) -> None:
         self.optimizer.step()
@@ -251,6 +254,8 @@ def build_engine(config: RunConfig, device: torch.device, info: DistInfo | None 
             raise
         raise ConfigError(f"the model does not fit in memory on {device} (n_layer={m.n_layer}, n_embd={m.n_embd}, "
                           f"block_size={m.block_size}, vocab {m.vocab_size}): {str(e).splitlines()[0]}") from None
+    if t.kernels:
+        use_kernels(model)  # the fused CPU kernels, swapped in where they apply
     sharded = info.enabled and t.parallel == "fsdp"
     if sharded:
         shard_model(model, device)  # before the optimizer: its parameters become this rank's shards
@@ -263,4 +268,4 @@ def build_engine(config: RunConfig, device: torch.device, info: DistInfo | None 
     distributed = dict(sync=lambda skip: skip_gradient_sync(forward_model, skip),
                        all_reduce=lambda stats: all_reduce_mean(stats, info)) if info.enabled else {}
     return TorchEngine(model, optimizer, device=device, amp=autocast_dtype(device, t.dtype), forward_model=forward_model,
-                       **distributed)
+                       kernels=t.kernels, **distributed)

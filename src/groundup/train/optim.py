@@ -91,22 +91,27 @@ class AdamW(torch.optim.AdamW):
         return True
 
 
-def gradient_norm(parameters: list[nn.Parameter]) -> torch.Tensor:
-    """‖g‖₂ over all the gradients taken as one vector (one fused pass on the CPU; torch's
-    get_total_norm elsewhere)."""
+def gradient_norm(parameters: list[nn.Parameter], fused: bool = True) -> torch.Tensor:
+    """‖g‖₂ over all the gradients taken as one vector (fused: one pass on the CPU where the kernel
+    applies; torch's get_total_norm elsewhere, or with fused=False)."""
     grads = [p.grad for p in parameters if p.grad is not None]
-    norm = kernels.total_norm(grads)
+    norm = kernels.total_norm(grads) if fused else None
     return norm if norm is not None else torch.nn.utils.get_total_norm(grads)
 
 
-def clip_gradients_(parameters: list[nn.Parameter], max_norm: float, norm: torch.Tensor) -> None:
-    """Scale every gradient by min(1, max_norm / (‖g‖₂ + 1e-6)): torch.nn.utils.clip_grads_with_norm_,
-    in one fused pass on the CPU."""
-    if not kernels.clip_([p.grad for p in parameters if p.grad is not None], max_norm, norm):
+def clip_gradients_(parameters: list[nn.Parameter], max_norm: float, norm: torch.Tensor, fused: bool = True) -> None:
+    """Scale every gradient by min(1, max_norm / (‖g‖₂ + 1e-6)): torch.nn.utils.clip_grads_with_norm_
+    (fused: one pass on the CPU where the kernel applies)."""
+    if not (fused and kernels.clip_([p.grad for p in parameters if p.grad is not None], max_norm, norm)):
         torch.nn.utils.clip_grads_with_norm_(parameters, max_norm, norm)
 
 
-def configure_adamw(model: nn.Module, train_config, device: torch.device) -> AdamW:
+def configure_adamw(model: nn.Module, train_config, device: torch.device) -> torch.optim.AdamW:
+    """AdamW with the weight-decay groups above. The one place the update's kernels are chosen:
+    train_config.kernels → groundup's AdamW (one fused CPU pass over every parameter; torch's fused
+    step elsewhere); false → torch.optim.AdamW itself. Both keep torch's state format (step,
+    exp_avg, exp_avg_sq), so checkpoints are the same either way. The trainer passes the same
+    switch to gradient_norm and clip_gradients_ (`fused=`)."""
     t = train_config
     params = named_parameters(model)
     groups = [
@@ -114,13 +119,14 @@ def configure_adamw(model: nn.Module, train_config, device: torch.device) -> Ada
         {"params": [p for n, p in params if not decays(n, p.dim())], "weight_decay": 0.0},
     ]
     kwargs = dict(lr=t.learning_rate, betas=(t.beta1, t.beta2), eps=t.eps)
+    optimizer_class = AdamW if t.kernels else torch.optim.AdamW
     # Fused AdamW (one kernel for every parameter) where the device has it: CUDA, and CPU since torch 2.4.
     if device.type in ("cuda", "cpu") and all(p.dtype in (torch.float32, torch.float64) for _, p in params):
         try:
-            return AdamW(groups, fused=True, **kwargs)
+            return optimizer_class(groups, fused=True, **kwargs)
         except (RuntimeError, TypeError):
             pass
-    return AdamW(groups, **kwargs)
+    return optimizer_class(groups, **kwargs)
 
 
 def optimizer_state_tensors(optimizer: torch.optim.Optimizer, model: nn.Module) -> tuple[dict[str, torch.Tensor], int]:
