@@ -13,7 +13,8 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "groundup"
 
 # Top to bottom. A module may import from its own package and from any layer below its own.
 LAYERS = [
-    {"cli", "__main__"},
+    {"__main__"},
+    {"cli"},
     {"serve", "demo"},
     {"labs", "cost"},
     {"sample", "interop"},

@@ -25,6 +25,9 @@ import torch
 from groundup.engines.torch.kernels import use_kernels
 from groundup.errors import GroundupError
 from groundup.model import GPT
+from groundup.tokenizer import load_tokenizer
+from groundup.train import checkpoint as ckpt
+from groundup.util.device import pick_device
 
 MAX_NEW_TOKENS = 1_000_000
 
@@ -125,10 +128,6 @@ def _prefill(model: GPT, context: list[int], cache, device) -> torch.Tensor:
 # ---- loading a trained run --------------------------------------------------------------------
 def load_run(run_dir: str | os.PathLike, device: str = "auto"):
     """(model, tokenizer, config) from a run directory written by either engine."""
-    from groundup.tokenizer import load_tokenizer
-    from groundup.train import checkpoint as ckpt
-    from groundup.util.device import pick_device
-
     run_dir = Path(run_dir)
     directory, _ = ckpt.find_checkpoint(run_dir)
     config = ckpt.read_run_config(run_dir)

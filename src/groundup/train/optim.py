@@ -14,7 +14,9 @@ import torch
 from torch import nn
 
 from groundup import kernels
+from groundup.errors import CheckpointError
 from groundup.model.gpt import decays  # noqa: F401 (which weights get decay: the model's naming)
+from groundup.train.distributed import shard_like
 
 
 def named_parameters(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
@@ -144,9 +146,6 @@ def optimizer_state_tensors(optimizer: torch.optim.Optimizer, model: nn.Module) 
 
 def load_optimizer_state_tensors(optimizer: torch.optim.Optimizer, model: nn.Module,
                                  tensors: dict[str, torch.Tensor], step: int) -> None:
-    from groundup.errors import CheckpointError
-    from groundup.train.distributed import shard_like
-
     for name, p in named_parameters(model):
         if f"exp_avg.{name}" not in tensors:
             if step:
