@@ -318,5 +318,8 @@ def load_tiktoken_file(path, pattern: str = "cl100k") -> BPETokenizer:
                 ) from None
     if not ranks:
         raise TokenizerError(f"{path}: the rank file is empty")
+    if sorted(ranks.values()) != list(range(len(ranks))):  # ids are ranks: a gap or a repeat would shift them on save
+        raise TokenizerError(f"{path}: the ranks must be 0..{len(ranks) - 1}, each token once and each rank once "
+                             "(as in the published .tiktoken files)")
     specials = KNOWN_SPECIALS.get(len(ranks), {ENDOFTEXT: max(ranks.values()) + 1})
     return BPETokenizer(ranks, pattern, specials)
