@@ -12,10 +12,13 @@ A scenario is {"name", "run_dir", "steps": [step, ...]}; a step runs
     "recover": true         `train --resume RUN_DIR` (+ "extra" args), or the scenario's first command
                             again when the killed run had not written its config yet
 and is interrupted by "signal" (SIGKILL by default; SIGINT, SIGTERM) after "kill_after" seconds,
-or "kill_at_fraction" × the duration of the scenario named "reference" (run it first), or as soon
-as the file "when_exists" appears. The result per step is {"exit": code} or {"signal": name}, with
-the seconds it ran and the argv it ran. A scenario with "count_kernels": true also reports, for each
-step that exits normally, how often each fused CPU kernel really ran ("kernel_calls").
+or as soon as the file "when_exists" appears, or "delay_after_step" seconds after the run logged
+step "when_step" in RUN_DIR/metrics.jsonl (its own progress: a slow or busy machine only shifts
+the moment, never past the end of the run). The result per step is {"exit": code} or
+{"signal": name}, with the seconds it ran, the argv it ran, and for "when_step" the last step the
+run had logged when the signal was sent ("step_seen"). A scenario with "count_kernels": true also
+reports, for each step that exits normally, how often each fused CPU kernel really ran
+("kernel_calls").
 """
 
 from __future__ import annotations
@@ -53,8 +56,27 @@ def count_kernel_calls() -> dict[str, int]:
     return counts
 
 
+def _last_logged_step(metrics_path: str) -> int:
+    """The highest step with a logged loss in a metrics.jsonl (0 when none yet; a torn line is skipped)."""
+    try:
+        with open(metrics_path, encoding="utf-8") as f:
+            lines = f.read().splitlines()
+    except FileNotFoundError:
+        return 0
+    steps = [0]
+    for line in lines:
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if "loss" in record:
+            steps.append(record["step"])
+    return max(steps)
+
+
 def run_child(argv: list[str], log_path: str, kill_after: float | None = None, sig: str = "SIGKILL",
-              when_exists: str | None = None, timeout: float = 120.0, count_kernels: bool = False) -> dict:
+              when_exists: str | None = None, when_step: tuple[str, int, float] | None = None,
+              timeout: float = 120.0, count_kernels: bool = False) -> dict:
     start = time.perf_counter()
     counts_path = log_path + ".kernel_calls"
     if os.path.exists(counts_path):
@@ -81,7 +103,17 @@ def run_child(argv: list[str], log_path: str, kill_after: float | None = None, s
             sys.stdout.flush()
             sys.stderr.flush()
             os._exit(code)
-    if when_exists is not None:  # wait for a file the child writes, then signal it
+    step_seen = None
+    if when_step is not None:  # wait until the child has logged step k, then a little longer, then signal it
+        metrics_path, k, delay = when_step
+        while (step_seen := _last_logged_step(metrics_path)) < k and time.perf_counter() - start < timeout:
+            if os.waitpid(pid, os.WNOHANG) != (0, 0):
+                return {"error": f"child exited before it logged step {k}", "seconds": time.perf_counter() - start}
+            time.sleep(0.002)
+        time.sleep(delay)
+        step_seen = _last_logged_step(metrics_path)
+        os.kill(pid, getattr(signal, sig))
+    elif when_exists is not None:  # wait for a file the child writes, then signal it
         while not os.path.exists(when_exists) and time.perf_counter() - start < timeout:
             if os.waitpid(pid, os.WNOHANG) != (0, 0):
                 return {"error": f"child exited before {when_exists} appeared", "seconds": time.perf_counter() - start}
@@ -92,9 +124,10 @@ def run_child(argv: list[str], log_path: str, kill_after: float | None = None, s
         os.kill(pid, getattr(signal, sig))  # harmless if it already exited (a zombie until waited)
     _, status = os.waitpid(pid, 0)
     seconds = round(time.perf_counter() - start, 3)
+    result = {"seconds": seconds} if step_seen is None else {"seconds": seconds, "step_seen": step_seen}
     if os.WIFSIGNALED(status):
-        return {"signal": signal.Signals(os.WTERMSIG(status)).name, "seconds": seconds}
-    result = {"exit": os.WEXITSTATUS(status), "seconds": seconds}
+        return {"signal": signal.Signals(os.WTERMSIG(status)).name, **result}
+    result = {"exit": os.WEXITSTATUS(status), **result}
     if os.path.exists(counts_path):
         with open(counts_path) as f:
             result["kernel_calls"] = json.load(f)
@@ -104,7 +137,6 @@ def run_child(argv: list[str], log_path: str, kill_after: float | None = None, s
 def main_driver(path: str) -> None:
     scenarios = json.loads(open(path).read())
     results = {}
-    reference_seconds = None
     for sc in scenarios:
         run_dir = sc["run_dir"]
         os.makedirs(os.path.dirname(run_dir), exist_ok=True)
@@ -117,9 +149,10 @@ def main_driver(path: str) -> None:
                 resumable = os.path.exists(os.path.join(run_dir, "config.json"))
                 argv = ["train", "--resume", run_dir, *st.get("extra", [])] if resumable else first_argv
             kill_after = st.get("kill_after")
-            if st.get("kill_at_fraction") is not None:
-                kill_after = st["kill_at_fraction"] * reference_seconds
-            result = run_child(argv, log, kill_after, st.get("signal", "SIGKILL"), st.get("when_exists"),
+            when_step = None
+            if st.get("when_step") is not None:
+                when_step = (os.path.join(run_dir, "metrics.jsonl"), st["when_step"], st.get("delay_after_step", 0.0))
+            result = run_child(argv, log, kill_after, st.get("signal", "SIGKILL"), st.get("when_exists"), when_step,
                                count_kernels=sc.get("count_kernels", False))
             result["argv"] = argv
             state = os.path.join(run_dir, "state.json")
@@ -128,8 +161,6 @@ def main_driver(path: str) -> None:
             if kill_after is not None:
                 result["kill_after"] = round(kill_after, 3)
             out.append(result)
-        if sc["name"] == "reference":
-            reference_seconds = out[0]["seconds"]
         results[sc["name"]] = out
     print(json.dumps(results))
 

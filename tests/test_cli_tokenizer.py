@@ -17,7 +17,7 @@ def test_train_encode_decode_roundtrip(tmp_path):
     assert r.returncode == 0, r.stderr
     assert "vocab size 300" in r.stdout and out.exists()
     text = "the cat sat on the mat <|endoftext|> café"
-    enc = run_cli("tokenizer", "encode", "--tokenizer", str(out), stdin=text)
+    enc = run_cli("tokenizer", "encode", "--tokenizer", str(out), "--allow-special", stdin=text)
     ids = json.loads(enc.stdout)
     assert isinstance(ids, list) and all(isinstance(i, int) for i in ids) and 299 in ids
     dec = run_cli("tokenizer", "decode", "--tokenizer", str(out), stdin=json.dumps(ids))

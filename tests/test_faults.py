@@ -37,7 +37,8 @@ from helpers import TINY, tiny_config
 
 # 40 steps, a checkpoint every 5, dropout on (so the RNG state must survive too), one thread
 # (deterministic, and fast when other processes share the cores).
-KILL_RUN = ["max_steps=40", "checkpoint_interval=5", "dropout=0.1", "threads=1"]
+KILL_RUN = ["max_steps=40", "checkpoint_interval=5", "dropout=0.1", "threads=1",
+            "log_interval=1"]  # every step logged: the random kills wait for the run's own progress
 KILL_ARGS = [a for s in TINY + KILL_RUN for a in ("--set", s)]
 RANDOM_SEEDS = [0, 1, 2, 3, 4, 5]
 # The same, with every fused CPU kernel running: head size 32, activations of 8 × 32 × 64 = 16,384
@@ -86,10 +87,16 @@ def _scenarios(root: Path, corpus: Path) -> list[dict]:
             {"argv": kernel_argv(d, *[a for f in faults for a in ("--inject", f)])}, {"recover": True}]})
     for seed in RANDOM_SEEDS:
         d = run(f"random kill seed {seed}")
-        fraction = random.Random(seed).uniform(0.0, 0.75)  # of the reference's time, which includes data prep
         out.append({"name": f"random kill seed {seed}", "run_dir": d, "steps": [
-            {"argv": train_argv(d), "kill_at_fraction": fraction}, {"recover": True}]})
+            {"argv": train_argv(d), **random_kill_point(seed)}, {"recover": True}]})
     return out
+
+
+def random_kill_point(seed: int) -> dict:
+    """Once the run has logged step k (1 ≤ k ≤ 35 of 40), wait 0-30 ms more and SIGKILL it: any
+    point of a step or of a checkpoint write, and always well before the run would finish."""
+    rng = random.Random(seed)
+    return {"when_step": rng.randint(1, 35), "delay_after_step": round(rng.uniform(0.0, 0.03), 4)}
 
 
 @pytest.fixture(scope="module")
@@ -171,7 +178,10 @@ def test_sigkill_at_a_random_moment_then_resume_is_bit_for_bit(killed_runs, seed
     run_dir, steps = killed_runs[f"random kill seed {seed}"]
     reference, _ = killed_runs["reference"]
     log = (run_dir.parent / (run_dir.name + ".log")).read_text()
-    assert steps[0].get("signal") == "SIGKILL" or steps[0].get("exit") == 0, steps  # killed, or it had finished
+    point = random_kill_point(seed)
+    assert steps[0].get("signal") == "SIGKILL", steps  # it really died, before it finished …
+    assert point["when_step"] <= steps[0]["step_seen"] < 40, steps  # … after the step it waited for
+    assert steps[0].get("checkpoint_step", 0) < 40, steps  # what resume starts from is not the end
     assert steps[-1].get("exit") == 0, (steps, log[-2000:])
     assert "Traceback" not in log
     _assert_same_as_reference(run_dir, reference)

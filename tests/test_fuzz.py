@@ -5,6 +5,8 @@ exception (which the CLI would show as a traceback)."""
 from __future__ import annotations
 
 import atexit
+import base64
+import hashlib
 import io
 import json
 import math
@@ -13,8 +15,10 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+import torch
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
+from safetensors.torch import save as st_save
 
 from groundup import cli
 from groundup.config import SECTIONS, RunConfig, load_config, parse_override
@@ -84,20 +88,44 @@ def test_any_tokenizer_json_loads_or_is_a_tokenizer_error(d):
         tok = from_dict(d)
     except TokenizerError:
         return
-    assert tok.vocab_size >= 1
-    tok.decode(list(range(min(tok.vocab_size, 50))))
+    assert tok.vocab_size >= 1 and tok.kind == d["type"]
+    if tok.kind == "char":
+        assert tok.chars == d["chars"] and list(tok.special_tokens) == list(d.get("special_tokens", []))
+    again = from_dict(tok.to_dict())  # what loaded is what it says it is: it saves and reloads the same
+    assert again.fingerprint == tok.fingerprint and again.vocab_size == tok.vocab_size
+    ids = list(range(min(tok.vocab_size, 50)))
+    assert again.decode_bytes(ids) == tok.decode_bytes(ids)
+
+
+rank_lines = st.lists(st.tuples(st.binary(min_size=1, max_size=3), st.integers(0, 300)), max_size=6).map(
+    lambda pairs: "".join(f"{base64.b64encode(b).decode()} {r}\n" for b, r in pairs).encode())
 
 
 @FUZZ
-@given(data=st.binary(max_size=200) | st.text(max_size=200).map(str.encode))
+@given(data=st.binary(max_size=200) | st.text(max_size=200).map(str.encode) | rank_lines)
 def test_any_tokenizer_file_loads_or_is_a_tokenizer_error(data):
     for suffix in (".json", ".tiktoken"):
         path = SCRATCH / f"tok{suffix}"
         path.write_bytes(data)
         try:
-            load_tokenizer(path)
+            tok = load_tokenizer(path)
         except TokenizerError:
-            pass
+            continue
+        if suffix == ".tiktoken":  # every line's token has its rank
+            expected = {base64.b64decode(t): int(r) for t, r in (line.split() for line in data.splitlines() if line.strip())}
+            assert tok.ranks == expected
+        again = from_dict(tok.to_dict())  # saved and reloaded: the same ids for the same bytes
+        assert again.fingerprint == tok.fingerprint and again.ranks == tok.ranks
+        assert again.special_tokens == tok.special_tokens
+
+
+def test_a_rank_file_with_a_gap_or_a_repeated_rank_is_a_clear_error():
+    """Ids are ranks; saving re-numbers them 0..N-1, so a gap would silently shift every id after it."""
+    for lines, what in (("YQ== 0\nYg== 2\n", "gap"), ("YQ== 0\nYg== 0\n", "repeat"), ("YQ== 0\nYQ== 1\n", "token twice")):
+        path = SCRATCH / "gap.tiktoken"
+        path.write_text(lines)
+        with pytest.raises(TokenizerError, match="each token once and each rank once"):
+            load_tokenizer(path)
 
 
 @FUZZ
@@ -212,26 +240,70 @@ def test_any_set_overrides_apply_or_are_a_config_error(overrides):
 
 
 # ---- checkpoint reader --------------------------------------------------------------------------
+WEIGHTS_BYTES = b"x"
+GOOD_SHA = hashlib.sha256(WEIGHTS_BYTES).hexdigest()
+file_maps = (json_values | st.just({"model.safetensors": "00"}) | st.just({"model.safetensors": GOOD_SHA})
+             | st.just({"model.safetensors": GOOD_SHA, "optimizer.safetensors": GOOD_SHA})
+             | st.just({"model.safetensors": GOOD_SHA, "../model.safetensors": GOOD_SHA}))
+
+
+def _sealed(state):
+    """Half the time add the correct state_sha256 (as the writer does), so the success path is reached."""
+    return st.booleans().map(lambda seal: {**state, "state_sha256": ckpt.state_checksum(state)} if seal else state)
+
+
+def _should_verify(state) -> bool:
+    """An independent reading of the rules verify_checkpoint enforces (only model.safetensors = b"x" exists)."""
+    if not isinstance(state, dict) or state.get("schema") != 1:
+        return False
+    if "state_sha256" in state and state["state_sha256"] != ckpt.state_checksum(state):
+        return False
+    step, files = state.get("step"), state.get("files")
+    if type(step) is not int or step < 0 or not isinstance(files, dict) or "model.safetensors" not in files:
+        return False
+    return all(isinstance(v, str) for v in files.values()) and files == {"model.safetensors": GOOD_SHA}
+
+
 @FUZZ
 @given(state=json_values | st.fixed_dictionaries({"schema": st.just(1)}, optional={
-    "step": json_values, "files": json_values | st.just({"model.safetensors": "00"}), "state_sha256": json_values}))
+    "step": json_values | st.integers(0, 10**6), "files": file_maps, "state_sha256": json_values,
+    "sampler": json_values}).flatmap(_sealed))
+@example(state={"schema": 1, "step": 7, "files": {"model.safetensors": GOOD_SHA}})
+@example(state={"schema": 1, "step": 7, "files": {"model.safetensors": GOOD_SHA}, "state_sha256": "0" * 64})
+@example(state={"schema": 1, "step": 7, "files": {"model.safetensors": "0" * 64}})
 def test_any_state_json_verifies_or_is_a_checkpoint_error(state):
     directory = SCRATCH / "ck"
     directory.mkdir(exist_ok=True)
-    (directory / "model.safetensors").write_bytes(b"x")
+    (directory / "model.safetensors").write_bytes(WEIGHTS_BYTES)
+    for stale in directory.glob("optimizer.safetensors"):
+        stale.unlink()
     (directory / "state.json").write_text(json.dumps(state))
     try:
-        ckpt.verify_checkpoint(directory)
-    except CheckpointError:
-        pass
+        verified = ckpt.verify_checkpoint(directory)
+    except CheckpointError as e:
+        assert not _should_verify(state), (state, str(e))
+        return
+    assert _should_verify(state), state
+    assert verified == state  # what was read is what was written
+
+
+small_tensors = st.dictionaries(st.text(alphabet="abc.", min_size=1, max_size=5),
+                                st.lists(st.floats(-1e3, 1e3, width=32), min_size=1, max_size=4).map(torch.tensor),
+                                min_size=1, max_size=3)
 
 
 @FUZZ
-@given(data=st.binary(max_size=300) | st.integers(0, 2000).map(lambda n: n.to_bytes(8, "little") + b'{"a":'))
+@given(data=st.binary(max_size=300) | st.integers(0, 2000).map(lambda n: n.to_bytes(8, "little") + b'{"a":')
+       | small_tensors.map(lambda t: (st_save(t), t)))
 def test_any_bytes_as_safetensors_are_tensors_or_a_checkpoint_error(data):
+    data, saved = data if isinstance(data, tuple) else (data, None)
     path = SCRATCH / "w.safetensors"
     path.write_bytes(data)
     try:
-        ckpt.read_tensors(path)
+        tensors = ckpt.read_tensors(path)
     except CheckpointError:
-        pass
+        assert saved is None  # a file safetensors itself wrote always reads back
+        return
+    assert all(isinstance(t, torch.Tensor) for t in tensors.values())
+    if saved is not None:
+        assert tensors.keys() == saved.keys() and all(torch.equal(tensors[k], saved[k]) for k in saved)

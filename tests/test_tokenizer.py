@@ -45,9 +45,11 @@ def tiktoken_cl100k():
 @pytest.mark.parametrize("text", VARIED_TEXTS)
 def test_cl100k_rank_file_encodes_exactly_as_tiktoken(cl100k, tiktoken_cl100k, text):
     expected = tiktoken_cl100k.encode(text, allowed_special="all")
-    assert cl100k.encode(text) == expected
-    assert cl100k.encode_reference(text) == expected
+    assert cl100k.encode(text, allowed_special="all") == expected
+    assert cl100k.encode_reference(text, allowed_special="all") == expected
     assert cl100k.decode(expected) == text
+    as_text = tiktoken_cl100k.encode_ordinary(text)  # the default: specials in the text are plain text
+    assert cl100k.encode(text) == cl100k.encode_reference(text) == as_text
 
 
 def test_cl100k_rank_file_encodes_shakespeare_exactly_as_tiktoken(cl100k, tiktoken_cl100k, shakespeare):

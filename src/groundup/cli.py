@@ -50,7 +50,7 @@ def cmd_tokenizer_encode(args) -> int:
 
     tok = load_tokenizer(args.tokenizer, pattern=args.pattern)
     text = _read_text_arg(args.text_file)
-    print(json.dumps(tok.encode(text)))
+    print(json.dumps(tok.encode(text, allowed_special="all" if args.allow_special else "none")))
     return 0
 
 
@@ -204,6 +204,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--pattern", default="cl100k", help="split pattern for .tiktoken files: gpt2 or cl100k")
         if name == "encode":
             p.add_argument("--text-file", help="read the text from this file instead of stdin")
+            p.add_argument("--allow-special", action="store_true",
+                           help="turn special tokens written in the text (e.g. <|endoftext|>) into their ids; "
+                                "by default they are encoded as plain text")
         p.set_defaults(func=func)
 
     data = sub.add_parser("data", help="prepare token files from a corpus")

@@ -146,13 +146,14 @@ def load_run(run_dir: str | os.PathLike, device: str = "auto"):
 
 def encode_prompt(tokenizer, prompt: str, block_size: int, warn=None) -> list[int]:
     """Prompt → ids; an empty prompt starts from <|endoftext|> (or a newline); a prompt longer
-    than the context keeps its last block_size tokens, with a warning."""
+    than the context keeps its last block_size tokens, with a warning. The prompt is the user's
+    text: "<|endoftext|>" written in it is encoded as characters, not as the special token."""
     warn = warn or (lambda m: print(f"warning: {m}", file=sys.stderr))
     if prompt == "":
         if tokenizer.eot_id is not None:
             return [tokenizer.eot_id]
         return tokenizer.encode("\n")
-    ids = tokenizer.encode(prompt)
+    ids = tokenizer.encode(prompt, allowed_special="none")
     if len(ids) > block_size:
         warn(f"the prompt is {len(ids)} tokens but the model's context is {block_size}; "
              f"keeping the last {block_size} tokens")

@@ -53,7 +53,9 @@ def token_dtype(vocab_size: int) -> np.dtype:
 
 
 def encode_corpus(corpus: Corpus, tokenizer: Tokenizer) -> np.ndarray:
-    """The whole corpus as one array of ids (documents separated as in `Corpus.text`)."""
+    """The whole corpus as one array of ids (documents separated as in `Corpus.text`). The corpus
+    is text: a "<|endoftext|>" written in it stays characters (a separator would be inserted as
+    the special id, never parsed out of the text)."""
     ids = tokenizer.encode(corpus.text, allowed_special="none")
     return np.asarray(ids, dtype=token_dtype(tokenizer.vocab_size))
 

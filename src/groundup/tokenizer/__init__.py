@@ -4,6 +4,8 @@
     CharTokenizer.train(documents)                   one id per character
     load_tokenizer("tok.json" | "cl100k_base.tiktoken", pattern="cl100k")
     tok.encode(text) / tok.decode(ids) / tok.save(path)
+    tok.encode(text, allowed_special="all")          "<|endoftext|>" in the text → the special id
+                                                     (by default it is plain text)
 """
 
 from __future__ import annotations

@@ -8,6 +8,8 @@ import os
 from abc import ABC, abstractmethod
 from pathlib import Path
 
+import regex
+
 from groundup.errors import TokenizerError
 from groundup.util.files import atomic_write_text
 
@@ -21,6 +23,11 @@ class Tokenizer(ABC):
     Subclasses set `special_tokens` (str → id) and implement `encode`, `token_bytes`,
     `vocab_size` and `to_dict`. Decoding is shared: concatenate each id's bytes, then UTF-8 decode
     with U+FFFD for invalid bytes, so any sequence of valid ids decodes.
+
+    Text is text: by default `encode` treats "<|endoftext|>" inside the input as its characters,
+    never as the special token (a user's text must not be able to end a document or inject a
+    control token). A caller that means it passes `allowed_special` ("all" or a set), as tiktoken's
+    `encode(..., allowed_special=...)`; code that needs a special token inserts its id explicitly.
     """
 
     kind: str = ""
@@ -32,8 +39,9 @@ class Tokenizer(ABC):
         """One more than the largest id this tokenizer can produce (the model's vocab_size)."""
 
     @abstractmethod
-    def encode(self, text: str, allowed_special: str | set[str] = "all") -> list[int]:
-        """Text → ids. `allowed_special`: "all", "none", or a set of special-token strings."""
+    def encode(self, text: str, allowed_special: str | set[str] = "none") -> list[int]:
+        """Text → ids. `allowed_special`: "none" (the default: specials in the text are plain
+        text), "all", or a set of special-token strings to recognise in the text."""
 
     @abstractmethod
     def token_bytes(self, token_id: int) -> bytes:
@@ -42,6 +50,36 @@ class Tokenizer(ABC):
     @abstractmethod
     def to_dict(self) -> dict:
         """A JSON-serialisable description that `groundup.tokenizer.from_dict` rebuilds."""
+
+    def allowed_specials(self, allowed_special: str | set[str]) -> set[str]:
+        """"all" | "none" | a set of special-token strings → the set to recognise in the text."""
+        if allowed_special == "all":
+            return set(self.special_tokens)
+        if allowed_special == "none":
+            return set()
+        if isinstance(allowed_special, str):  # a single token string, not a set of them
+            allowed_special = {allowed_special}
+        unknown = set(allowed_special) - set(self.special_tokens)
+        if unknown:
+            raise TokenizerError(f"unknown special tokens {sorted(unknown)}; this tokenizer has {sorted(self.special_tokens)}")
+        return set(allowed_special)
+
+    def split_specials(self, text: str, allowed: set[str]):
+        """Yield (segment, is_special), with the `allowed` special tokens cut out of the text
+        (longest first, so one special that contains another wins)."""
+        if not allowed:
+            if text:
+                yield text, False
+            return
+        alternatives = "|".join(regex.escape(s) for s in sorted(allowed, key=len, reverse=True))
+        start = 0
+        for m in regex.finditer(alternatives, text):
+            if m.start() > start:
+                yield text[start : m.start()], False
+            yield m.group(), True
+            start = m.end()
+        if start < len(text):
+            yield text[start:], False
 
     def decode_bytes(self, ids) -> bytes:
         return b"".join(self.token_bytes(int(i)) for i in ids)

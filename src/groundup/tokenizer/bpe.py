@@ -61,13 +61,14 @@ class BPETokenizer(Tokenizer):
         except KeyError:
             raise self._out_of_range(token_id) from None
 
-    def encode(self, text: str, allowed_special: str | set[str] = "all") -> list[int]:
-        """Fast path: the same ranks, pattern and specials, encoded by tiktoken (Rust)."""
-        allowed = self._allowed(allowed_special)
+    def encode(self, text: str, allowed_special: str | set[str] = "none") -> list[int]:
+        """Fast path: the same ranks, pattern and specials, encoded by tiktoken (Rust).
+        Specials in the text are plain text unless `allowed_special` names them (see Tokenizer)."""
+        allowed = self.allowed_specials(allowed_special)
         return self._tiktoken.encode(text, allowed_special=allowed, disallowed_special=())
 
-    def encode_batch(self, texts: list[str], allowed_special: str | set[str] = "all", num_threads: int = 1):
-        allowed = self._allowed(allowed_special)
+    def encode_batch(self, texts: list[str], allowed_special: str | set[str] = "none", num_threads: int = 1):
+        allowed = self.allowed_specials(allowed_special)
         return self._tiktoken.encode_batch(
             texts, allowed_special=allowed, disallowed_special=(), num_threads=num_threads
         )
@@ -81,10 +82,10 @@ class BPETokenizer(Tokenizer):
             raise self._out_of_range(bad) from None
 
     # ---- the readable reference encoder --------------------------------------------------
-    def encode_reference(self, text: str, allowed_special: str | set[str] = "all") -> list[int]:
+    def encode_reference(self, text: str, allowed_special: str | set[str] = "none") -> list[int]:
         """Pure Python, step by step: split out special tokens, chunk with the regex, BPE each chunk."""
         ids: list[int] = []
-        for segment, is_special in self._split_specials(text, self._allowed(allowed_special)):
+        for segment, is_special in self.split_specials(text, self.allowed_specials(allowed_special)):
             if is_special:
                 ids.append(self.special_tokens[segment])
                 continue
@@ -108,31 +109,6 @@ class BPETokenizer(Tokenizer):
                 break
             parts[best_i : best_i + 2] = [parts[best_i] + parts[best_i + 1]]
         return [ranks[p] for p in parts]
-
-    def _split_specials(self, text: str, allowed: set[str]):
-        """Yield (segment, is_special) with allowed special tokens cut out of the text."""
-        if not allowed:
-            yield text, False
-            return
-        alternatives = "|".join(regex.escape(s) for s in sorted(allowed, key=len, reverse=True))
-        start = 0
-        for m in regex.finditer(alternatives, text):
-            if m.start() > start:
-                yield text[start : m.start()], False
-            yield m.group(), True
-            start = m.end()
-        if start < len(text):
-            yield text[start:], False
-
-    def _allowed(self, allowed_special: str | set[str]) -> set[str]:
-        if allowed_special == "all":
-            return set(self.special_tokens)
-        if allowed_special == "none":
-            return set()
-        unknown = set(allowed_special) - set(self.special_tokens)
-        if unknown:
-            raise TokenizerError(f"unknown special tokens {sorted(unknown)}; this tokenizer has {sorted(self.special_tokens)}")
-        return set(allowed_special)
 
     @cached_property
     def _tiktoken(self):
@@ -342,5 +318,8 @@ def load_tiktoken_file(path, pattern: str = "cl100k") -> BPETokenizer:
                 ) from None
     if not ranks:
         raise TokenizerError(f"{path}: the rank file is empty")
+    if sorted(ranks.values()) != list(range(len(ranks))):  # ids are ranks: a gap or a repeat would shift them on save
+        raise TokenizerError(f"{path}: the ranks must be 0..{len(ranks) - 1}, each token once and each rank once "
+                             "(as in the published .tiktoken files)")
     specials = KNOWN_SPECIALS.get(len(ranks), {ENDOFTEXT: max(ranks.values()) + 1})
     return BPETokenizer(ranks, pattern, specials)

@@ -34,7 +34,14 @@ class CharTokenizer(Tokenizer):
     def vocab_size(self) -> int:
         return len(self._decoder)
 
-    def encode(self, text: str, allowed_special: str | set[str] = "all") -> list[int]:
+    def encode(self, text: str, allowed_special: str | set[str] = "none") -> list[int]:
+        """One id per character; specials in the text only when `allowed_special` names them."""
+        out: list[int] = []
+        for segment, is_special in self.split_specials(text, self.allowed_specials(allowed_special)):
+            out.extend([self.special_tokens[segment]] if is_special else self._encode_chars(segment))
+        return out
+
+    def _encode_chars(self, text: str) -> list[int]:
         ids = self._ids
         try:
             return [ids[c] for c in text]
