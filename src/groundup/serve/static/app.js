@@ -132,7 +132,7 @@ async function select(position) {
 function drawAttention(ins, t) {
   const box = $("attention");
   box.textContent = "";
-  const n = t + 1, label = 40, top = 16;
+  const n = t + 1, label = 40, top = 30;
   const cell = Math.max(6, Math.min(22, Math.floor(640 / n))), rowH = 16;
   ins.attention.forEach((layer, l) => {
     const canvas = document.createElement("canvas");
@@ -146,6 +146,11 @@ function drawAttention(ins, t) {
     g.fillStyle = "#fff"; g.fillRect(0, 0, canvas.width, canvas.height);
     g.fillStyle = "#000"; g.font = "11px sans-serif";
     g.fillText(`layer ${l}`, 2, 12);
+    if (cell >= 9) {  // the earlier tokens along the top ("\n" shown as ⏎)
+      g.font = "11px monospace";
+      ins.pieces.slice(0, n).forEach((p, s) => g.fillText(p === "\n" ? "⏎" : p.slice(0, 2), label + s * cell + 1, top - 4));
+      g.font = "11px sans-serif";
+    }
     rows.forEach((row, h) => {
       g.fillStyle = "#000"; g.fillText(`h${h}`, 4, top + h * rowH + 12);
       row.forEach((w, s) => {
