@@ -148,7 +148,7 @@ def cmd_serve(args) -> int:
     from groundup.serve import serve
 
     serve(args.run, args.host, args.port, api_key=args.api_key, device=args.device,
-          max_batch=args.max_batch, max_waiting=args.max_waiting)
+          max_batch=args.max_batch, max_waiting=args.max_waiting, threads=args.threads)
     return 0
 
 
@@ -259,6 +259,7 @@ def build_parser() -> argparse.ArgumentParser:
     se.add_argument("--device", default="auto")
     se.add_argument("--max-batch", type=int, default=16, help="sequences decoded together in one forward pass")
     se.add_argument("--max-waiting", type=int, default=64, help="queued requests beyond that answer HTTP 429")
+    se.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0 = torch's default)")
     se.set_defaults(func=cmd_serve)
 
     de = sub.add_parser("demo", help="the main job: prepare Shakespeare, sample, train ~2 min, sample again")

@@ -28,7 +28,7 @@ def build_app(run_dir, api_key: str | None = None, device: str = "auto", **optio
 
 
 def serve(run_dir, host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None, device: str = "auto",
-          max_batch: int = 16, max_waiting: int = 64) -> None:
+          max_batch: int = 16, max_waiting: int = 64, threads: int = 0) -> None:
     """Serve until interrupted. Binds loopback unless told otherwise; the API key comes from the
     argument or the GROUNDUP_API_KEY environment variable (none: no authentication)."""
     import uvicorn
@@ -37,6 +37,12 @@ def serve(run_dir, host: str = "127.0.0.1", port: int = 8000, api_key: str | Non
         raise GroundupError(f"--max-batch must be in 1..1024 and --max-waiting in 0..100000, got {max_batch} and {max_waiting}")
     if not 0 <= port <= 65535:
         raise GroundupError(f"--port must be in 0..65535, got {port}")
+    if threads < 0:
+        raise GroundupError(f"--threads must be ≥ 0 (0 = torch's default), got {threads}")
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)  # a decoding step is small: fewer threads can be faster
     api_key = api_key or os.environ.get(API_KEY_ENV) or None
     app = build_app(run_dir, api_key=api_key, device=device, max_batch=max_batch, max_waiting=max_waiting)
     if host not in ("127.0.0.1", "localhost", "::1") and not api_key:

@@ -73,6 +73,31 @@ def error_response(status: int, message: str, type_: str = "invalid_request_erro
     return JSONResponse({"error": {"message": message, "type": type_, "param": param, "code": code}}, status_code=status)
 
 
+class Outbox:
+    """Events from the scheduler thread to the event loop: collected during a decoding step and
+    handed over in one call (one wake-up of the loop per step, not one per token)."""
+
+    def __init__(self):
+        self.items: list[tuple[asyncio.Queue, tuple]] = []
+        self.loop: asyncio.AbstractEventLoop | None = None
+
+    def put(self, queue: asyncio.Queue, event: tuple) -> None:  # scheduler thread
+        self.items.append((queue, event))
+
+    def flush(self) -> None:  # scheduler thread, after each step
+        if self.items and self.loop is not None:
+            items, self.items = self.items, []
+            try:
+                self.loop.call_soon_threadsafe(_deliver, items)
+            except RuntimeError:  # the loop is gone (shutdown)
+                pass
+
+
+def _deliver(items) -> None:
+    for queue, event in items:
+        queue.put_nowait(event)
+
+
 # ---- request bodies (strict types: "1" is not a number, true is not 1) ------------------------------
 class _Body(BaseModel):
     model_config = ConfigDict(strict=True, extra="ignore")
@@ -131,7 +156,8 @@ def create_app(model, tokenizer, model_name: str, *, api_key: str | None = None,
     """The server's app. The scheduler thread starts here and stops at the app's shutdown."""
     limits = limits or Limits()
     block = model.config.block_size
-    scheduler = Scheduler(model, tokenizer, max_batch=max_batch, max_waiting=max_waiting)
+    outbox = Outbox()
+    scheduler = Scheduler(model, tokenizer, max_batch=max_batch, max_waiting=max_waiting, after_step=outbox.flush)
     inspector = inspect.Inspector(model, tokenizer)
     app = FastAPI(title="groundup", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.scheduler = scheduler
@@ -226,16 +252,9 @@ def create_app(model, tokenizer, model_name: str, *, api_key: str | None = None,
 
     def submit(job: Job):
         """Queue a job whose events arrive on an asyncio queue of this event loop (429 when full)."""
-        loop = asyncio.get_running_loop()
+        outbox.loop = asyncio.get_running_loop()
         events: asyncio.Queue = asyncio.Queue()
-
-        def emit(event):  # called from the scheduler thread
-            try:
-                loop.call_soon_threadsafe(events.put_nowait, event)
-            except RuntimeError:  # the loop is gone (shutdown)
-                pass
-
-        job.emit = emit
+        job.emit = lambda event: outbox.put(events, event)
         try:
             scheduler.submit(job)
         except QueueFull as e:

@@ -127,8 +127,10 @@ def longest(stops: list[str]) -> int:
 class Scheduler:
     """The decoding loop in its own thread. `submit(job)` from any thread; `close()` to stop."""
 
-    def __init__(self, model, tokenizer, max_batch: int = 16, max_waiting: int = 64):
+    def __init__(self, model, tokenizer, max_batch: int = 16, max_waiting: int = 64,
+                 after_step: Callable[[], None] = lambda: None):
         self.model = model
+        self.after_step = after_step  # called once per step, after every emit of it (hand events over)
         self.tokenizer = tokenizer
         self.max_batch = max_batch
         self.max_waiting = max_waiting
@@ -176,10 +178,12 @@ class Scheduler:
                 for seq in self.active:
                     seq.job.emit(("error", f"generation failed: {type(e).__name__}: {e}"))
                 self.active = []
+            self.after_step()
         for seq in self.active:
             seq.job.emit(("error", "the server is shutting down"))
         for job in self.waiting:
             job.emit(("error", "the server is shutting down"))
+        self.after_step()
 
     @torch.inference_mode()
     def _step(self, admitted: list[Job]) -> None:
