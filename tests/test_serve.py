@@ -206,10 +206,44 @@ def test_official_client_raises_its_own_errors(client, run_dir):
 
 
 def test_user_text_never_becomes_a_special_token(small_bpe):
+    """A prompt that spells <|endoftext|> is those characters, through the server's own encoding."""
+    from groundup.config import ModelConfig
+    from groundup.model import GPT
+    from groundup.serve.api import create_app
+
     eot = small_bpe.eot_id
     assert eot is not None and small_bpe.encode("<|endoftext|>") == [eot]  # the trusted path parses it
-    ids = prompt_ids(small_bpe, "say <|endoftext|> now", allowed_special="none")
-    assert eot not in ids and small_bpe.decode(ids) == "say <|endoftext|> now"
+    model = GPT(ModelConfig(vocab_size=small_bpe.vocab_size, block_size=32, n_layer=1, n_head=2, n_embd=16)).eval()
+    with ServerThread(create_app(model, small_bpe, "bpe")) as url:
+        r = httpx.post(url + "/api/tokenize", json={"text": "say <|endoftext|> now"}, timeout=30).json()
+        assert eot not in r["ids"] and "".join(r["pieces"]) == "say <|endoftext|> now"
+        c = httpx.post(url + "/v1/completions", json={"model": "bpe", "prompt": "<|endoftext|>", "max_tokens": 1}, timeout=30)
+        assert c.json()["usage"]["prompt_tokens"] == len(small_bpe.encode("<|endoftext|>", allowed_special="none")) > 1
+
+
+@pytest.mark.parametrize("positional", ["rope", "learned", "sinusoidal"])
+@pytest.mark.parametrize("attention", ["sdpa", "math"])
+def test_batched_decoding_with_per_row_positions_matches_full_forward(positional, attention):
+    """The scheduler's step: rows of different lengths, each feeding one token at its own position
+    into its own cache row, give the logits a full forward of each sequence gives."""
+    from groundup.config import ModelConfig
+    from groundup.model import GPT
+
+    torch.manual_seed(0)
+    model = GPT(ModelConfig(vocab_size=40, block_size=16, n_layer=2, n_head=2, n_embd=16, positional=positional,
+                            attention=attention)).double().eval()
+    if positional == "learned":
+        torch.nn.init.normal_(model.position_embedding.weight)
+    sequences = [[1, 2, 3], [4, 5, 6, 7, 8, 9, 10, 11], [12]]
+    cache = model.new_cache(4)  # one row more than used
+    with torch.no_grad():
+        for row, seq in enumerate(sequences):
+            model(torch.tensor([seq]), cache=cache.rows(row, row + 1), start=0)
+        positions = torch.tensor([len(s) for s in sequences])
+        logits = model(torch.tensor([[13], [14], [15]]), cache=cache.rows(0, 3), start=positions)[0][:, -1]
+        for row, (seq, new) in enumerate(zip(sequences, [13, 14, 15])):
+            full = model(torch.tensor([seq + [new]]))[0][0, -1]
+            assert torch.allclose(logits[row], full, atol=1e-10), (positional, attention, row)
 
 
 # ---- limits, keys, the queue, disconnects ---------------------------------------------------------------
