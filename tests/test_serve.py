@@ -279,7 +279,7 @@ def test_full_queue_answers_429(run_dir):
             time.sleep(0.2)  # the first is being decoded (held at the gate)
             second.start()
             _wait(lambda: scheduler.stats()["waiting"] == 1)
-            third = h.post(url + "/v1/completions", json=body)
+            third = h.post(url + "/v1/completions", json=body, timeout=5)  # answered at once, not queued
             assert third.status_code == 429 and third.json()["error"]["type"] == "rate_limit_error"
             gate.set()
             first.join(20), second.join(20)
