@@ -48,7 +48,7 @@ $("api-key").addEventListener("change", () => { localStorage.setItem("groundup-a
 function addToken(id, piece, prob, position, isPrompt) {
   const span = document.createElement("span");
   span.className = "tok" + (isPrompt ? " prompt" : "");
-  span.textContent = piece;
+  span.textContent = piece.replace(/\n/g, "⏎\n");  // a newline token gets a visible, clickable mark
   span.dataset.pos = position;
   if (prob !== null) {
     span.dataset.prob = prob;
