@@ -20,18 +20,14 @@ except ImportError:
 
 from groundup.sample import SamplingSettings, generate, load_run, prompt_ids
 from groundup.serve import ServerThread, build_app
-from groundup.train.trainer import train
 
-from helpers import tiny_config
 
 PROMPT = "ROMEO:\n"
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    d = tmp_path_factory.mktemp("serve") / "tinyrun"
-    train(tiny_config("max_steps=20", "block_size=48"), d, progress=False)
-    return d
+def run_dir(served_run):
+    return served_run
 
 
 @pytest.fixture(scope="module")

@@ -11,9 +11,7 @@ from pathlib import Path
 import pytest
 
 from groundup.serve import ServerThread, build_app
-from groundup.train.trainer import train
 
-from helpers import tiny_config
 
 CHROMIUM = os.environ.get("GROUNDUP_CHROMIUM", "/usr/bin/chromium")
 SCREENSHOT = os.environ.get("GROUNDUP_SCREENSHOT")  # set to write the docs' screenshot
@@ -37,10 +35,8 @@ def _browser_or_skip():
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    d = tmp_path_factory.mktemp("page") / "pagerun"
-    train(tiny_config("max_steps=20", "block_size=48"), d, progress=False)
-    return d
+def run_dir(served_run):
+    return served_run
 
 
 def test_page_generates_and_draws_the_attention_the_api_returns(run_dir):
@@ -51,7 +47,7 @@ def test_page_generates_and_draws_the_attention_the_api_returns(run_dir):
         try:
             page = browser.new_page(viewport={"width": 1280, "height": 900})
             page.goto(url + "/")
-            page.wait_for_function("document.getElementById('model-name').textContent.includes('pagerun')")
+            page.wait_for_function("document.getElementById('model-name').textContent.includes('tinyrun')")
             page.fill("#prompt", "ROMEO:\n")
             page.fill("#max-tokens", "12")
             page.fill("#seed", "4")
