@@ -160,11 +160,13 @@ def _bad(run_dir):
         ({**ok, "stop": ["a", "b", "c", "d", "e"]}, 400, "stop"),
         ({**ok, "logprobs": 50}, 400, "top_logprobs"),
         ({**ok, "stream": "yes"}, 400, "stream"),
+        ({**ok, "seed": 2**64}, 400, "seed"),
+        ({**ok, "temperature": 1e-30}, 400, "temperature"),
         ({"model": m, "prompt": "a" * 2_000_000}, 413, None),
     ]
 
 
-@pytest.mark.parametrize("case", range(18))
+@pytest.mark.parametrize("case", range(20))
 def test_bad_completion_requests_get_openai_errors(server, run_dir, case):
     body, status, param = _bad(run_dir)[case]
     content = body if isinstance(body, bytes) else json.dumps(body).encode()
@@ -289,6 +291,28 @@ def _wait(condition, seconds: float = 10.0):
         time.sleep(0.01)
 
 
+def test_a_failing_sequence_fails_alone(run_dir, monkeypatch):
+    import groundup.serve.engine as engine
+
+    original = engine.draw_token
+
+    def draw(logits, settings, generator):
+        if settings.seed == 666:
+            raise RuntimeError("boom")
+        return original(logits, settings, generator)
+
+    monkeypatch.setattr(engine, "draw_token", draw)
+    with ServerThread(build_app(run_dir, device="cpu")) as url:
+        async def main():
+            async with httpx.AsyncClient(timeout=30) as h:
+                bodies = [{"model": run_dir.name, "prompt": "a", "max_tokens": 20, "seed": s} for s in (1, 666, 2)]
+                return await asyncio.gather(*(h.post(url + "/v1/completions", json=b) for b in bodies))
+
+        ok1, failed, ok2 = asyncio.run(main())
+    assert failed.status_code == 503 and "boom" in failed.json()["error"]["message"]
+    assert ok1.json()["usage"]["completion_tokens"] == ok2.json()["usage"]["completion_tokens"] == 20
+
+
 def test_client_that_disconnects_mid_stream_frees_its_slot(run_dir):
     app = build_app(run_dir, device="cpu", max_batch=2)
     scheduler = app.state.scheduler
@@ -313,7 +337,7 @@ def test_load_mixed_good_and_bad_requests(server, run_dir):
     """A few hundred requests, 32 at a time: every good one answered in full, every bad one a 4xx."""
     m = run_dir.name
     good = [{"model": m, "prompt": "ROMEO:\n", "max_tokens": 4, "seed": k} for k in range(150)]
-    bad = [b for b, _, _ in _bad(run_dir)[:17]] * 6
+    bad = [b for b, _, _ in _bad(run_dir)[:19]] * 5
 
     async def main():
         limits = httpx.Limits(max_connections=32)
@@ -340,7 +364,7 @@ def test_load_mixed_good_and_bad_requests(server, run_dir):
             assert r.text.endswith("data: [DONE]\n\n") and r.text.count('"finish_reason":"length"') + r.text.count('"finish_reason": "length"') == 1
         else:
             assert r.json()["usage"]["completion_tokens"] == 4
-    assert [r.status_code for r in bad_r] == [status for _, status, _ in _bad(run_dir)[:17]] * 6
+    assert [r.status_code for r in bad_r] == [status for _, status, _ in _bad(run_dir)[:19]] * 5
     assert all(set(r.json()["error"]) == {"message", "type", "param", "code"} for r in bad_r)
     assert httpx.get(server[0] + "/health", timeout=30).json()["active"] == 0
 

@@ -28,7 +28,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 from fastapi.staticfiles import StaticFiles
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from groundup.errors import GroundupError
@@ -44,6 +44,7 @@ STATIC = Path(__file__).parent / "static"
 # request's own stop strings.
 CHAT_ROLES = {"system": "SYSTEM", "user": "USER", "assistant": "ASSISTANT"}
 CHAT_STOP = "\n\n"
+MIN_TEMPERATURE = 1e-3
 
 
 def render_chat(messages: list["ChatMessage"]) -> str:
@@ -109,10 +110,17 @@ class _Body(BaseModel):
     top_k: int | None = Field(default=None, ge=1)  # not OpenAI's, as in vLLM
     n: int = Field(default=1, ge=1, le=1)
     stop: str | list[str] | None = None
-    seed: int | None = None
+    seed: int | None = Field(default=None, ge=0, lt=2**63)
     stream: bool = False
     stream_options: dict | None = None
     return_token_ids: bool = False  # not OpenAI's: each choice carries `token_ids` (the web page)
+
+    @field_validator("temperature")
+    @classmethod
+    def _not_vanishing(cls, t: float) -> float:
+        if 0 < t < MIN_TEMPERATURE:  # logits / t would overflow to inf − inf = NaN
+            raise ValueError(f"temperature must be 0 (greedy) or at least {MIN_TEMPERATURE}")
+        return t
 
     def stops(self) -> list[str]:
         stops = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])

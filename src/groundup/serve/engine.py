@@ -190,18 +190,26 @@ class Scheduler:
         for job in admitted:  # 1. admit: prefill each new prompt into the next free row
             if job.cancelled:
                 continue
-            seq = _Sequence(job, self.tokenizer.eot_id)
-            row = len(self.active)
-            ids = torch.tensor([job.prompt_ids], device=self.device)
-            seq.logits = self.model(ids, cache=self.cache.rows(row, row + 1), start=0)[0][0, -1]
+            try:
+                seq = _Sequence(job, self.tokenizer.eot_id)
+                row = len(self.active)
+                ids = torch.tensor([job.prompt_ids], device=self.device)
+                seq.logits = self.model(ids, cache=self.cache.rows(row, row + 1), start=0)[0][0, -1]
+            except Exception as e:  # this request fails alone
+                job.emit(("error", f"generation failed: {type(e).__name__}: {e}"))
+                continue
             self.active.append(seq)
         for seq in self.active:  # 2. sample
             if seq.job.cancelled:
                 seq.finish_reason = "cancelled"
                 continue
-            token = draw_token(seq.logits, seq.job.settings, seq.generator)
-            logprob, top = _logprobs(seq.logits, token, seq.job.top_logprobs)
-            seq.accept(token, seq.decoder.decode(self.tokenizer.token_bytes(token)), logprob, top)
+            try:
+                token = draw_token(seq.logits, seq.job.settings, seq.generator)
+                logprob, top = _logprobs(seq.logits, token, seq.job.top_logprobs)
+                seq.accept(token, seq.decoder.decode(self.tokenizer.token_bytes(token)), logprob, top)
+            except Exception as e:  # this sequence fails alone; the others go on
+                seq.job.emit(("error", f"generation failed: {type(e).__name__}: {e}"))
+                seq.finish_reason = "cancelled"
         self._retire()  # 3.
         if not self.active:
             return
