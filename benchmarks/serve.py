@@ -4,7 +4,7 @@ mixed good and bad requests.
 
     python benchmarks/serve.py                      # trains a char model a few steps (the
                                                     # configs/shakespeare_char.toml shape) in a temp dir
-    python benchmarks/serve.py --run runs/shakespeare_char --tokens 56 --rounds 3
+    python benchmarks/serve.py --run runs/shakespeare_char --tokens 56 --requests 48 --threads 1
 
 Target: 16 streams ≥ 4× the aggregate tokens/s of one stream (continuous batching: one forward
 pass per decoding step for all of them). Speed does not depend on what the weights learned.
@@ -145,7 +145,9 @@ def main() -> int:
     ap.add_argument("--run", type=Path, help="a run directory (default: train the char shape a few steps)")
     ap.add_argument("--streams", default="1,4,16")
     ap.add_argument("--tokens", type=int, default=56, help="max_tokens per request (prompt + this ≤ the context)")
-    ap.add_argument("--rounds", type=int, default=3, help="requests per stream, back to back")
+    ap.add_argument("--requests", type=int, default=48,
+                    help="requests per level, split over its streams (each sends its share back to back): "
+                         "every level generates the same number of tokens")
     ap.add_argument("--load", type=int, default=300, help="requests in the load test (2/3 good, 1/3 bad); 0 = skip")
     ap.add_argument("--threads", type=int, default=0, help="the server's torch threads (0 = torch's default)")
     ap.add_argument("--out", type=Path, help="write the figures as JSON here")
@@ -165,7 +167,7 @@ def main() -> int:
             asyncio.run(concurrency_level(url, model, 2, 8, 1))  # warm up
             rows = []
             for streams in levels:
-                row = asyncio.run(concurrency_level(url, model, streams, args.tokens, args.rounds))
+                row = asyncio.run(concurrency_level(url, model, streams, args.tokens, max(1, args.requests // streams)))
                 rows.append(row)
                 print(f"{streams:>3} streams: {row['tokens_per_s']:8.1f} tokens/s aggregate "
                       f"({row['tokens']} tokens in {row['seconds']:.2f} s), time to first token "
