@@ -71,8 +71,9 @@ class GPT(nn.Module):
         row, with T = 1 and a cache: each row is its own sequence at its own length."""
         B, T = idx.shape
         per_row = isinstance(start, torch.Tensor)
-        if (int(start.max()) if per_row else start) + T > self.config.block_size:
-            raise ValueError(f"sequence of {start + T} positions exceeds block_size {self.config.block_size}")
+        end = (int(start.max()) if per_row else start) + T  # positions used (the longest row's)
+        if end > self.config.block_size:
+            raise ValueError(f"sequence of {end} positions exceeds block_size {self.config.block_size}")
         x = self.token_embedding(idx)  # (B, T, C)
         if self.embedding_scale != 1.0:
             x = x * self.embedding_scale
