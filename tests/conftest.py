@@ -73,3 +73,15 @@ def assert_clean_error(result, *fragments: str):
     assert "error:" in result.stderr
     for fragment in fragments:
         assert fragment in result.stderr, (fragment, result.stderr)
+
+
+@pytest.fixture(scope="session")
+def served_run(tmp_path_factory):
+    """A tiny trained char run (context 48) for the server's tests and the browser test."""
+    from groundup.train.trainer import train
+
+    from helpers import tiny_config
+
+    d = tmp_path_factory.mktemp("serve") / "tinyrun"
+    train(tiny_config("max_steps=20", "block_size=48"), d, progress=False)
+    return d

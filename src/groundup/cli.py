@@ -146,6 +146,14 @@ def cmd_sample(args) -> int:
     return 0
 
 
+def cmd_serve(args) -> int:
+    from groundup.serve import serve
+
+    serve(args.run, args.host, args.port, api_key=args.api_key, device=args.device,
+          max_batch=args.max_batch, max_waiting=args.max_waiting, threads=args.threads)
+    return 0
+
+
 def cmd_demo(args) -> int:
     from groundup.demo import run_demo
 
@@ -247,6 +255,17 @@ def build_parser() -> argparse.ArgumentParser:
     sa.add_argument("--seed", type=int, default=None, help="same seed → same text")
     sa.add_argument("--device", default="auto")
     sa.set_defaults(func=cmd_sample)
+
+    se = sub.add_parser("serve", help="an OpenAI-compatible HTTP API and a web page that shows inside the model")
+    se.add_argument("--run", required=True, help="a run directory, e.g. runs/shakespeare_char")
+    se.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
+    se.add_argument("--port", type=int, default=8000)
+    se.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' (or set GROUNDUP_API_KEY)")
+    se.add_argument("--device", default="auto")
+    se.add_argument("--max-batch", type=int, default=16, help="sequences decoded together in one forward pass")
+    se.add_argument("--max-waiting", type=int, default=64, help="queued requests beyond that answer HTTP 429")
+    se.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0 = torch's default)")
+    se.set_defaults(func=cmd_serve)
 
     de = sub.add_parser("demo", help="the main job: prepare Shakespeare, sample, train ~2 min, sample again")
     de.add_argument("--out", default="runs/demo")

@@ -68,6 +68,22 @@ def next_token_distribution(logits: torch.Tensor, settings: SamplingSettings) ->
     return probs
 
 
+def draw_token(logits: torch.Tensor, settings: SamplingSettings, generator: torch.Generator) -> int:
+    """One next token from logits (V,): argmax at temperature 0, else a draw from
+    next_token_distribution (on the CPU, so a seed gives the same tokens on every device)."""
+    if settings.temperature == 0:
+        return int(torch.argmax(logits))
+    probs = next_token_distribution(logits, settings).cpu()
+    return int(torch.multinomial(probs, 1, generator=generator))
+
+
+def seeded_generator(seed: int | None) -> torch.Generator:
+    """A CPU generator for one sequence's draws: the seed, or a fresh random one."""
+    generator = torch.Generator(device="cpu")
+    generator.manual_seed(seed if seed is not None else torch.seed())
+    return generator
+
+
 @torch.inference_mode()
 def generate(model: GPT, prompt_ids: list[int], settings: SamplingSettings, use_cache: bool = True) -> Iterator[int]:
     """Yield new token ids one at a time (streaming). Same seed, same settings → same tokens."""
@@ -76,17 +92,12 @@ def generate(model: GPT, prompt_ids: list[int], settings: SamplingSettings, use_
     model.eval()
     device = model.token_embedding.weight.device
     block = model.config.block_size
-    generator = torch.Generator(device="cpu")
-    generator.manual_seed(settings.seed if settings.seed is not None else torch.seed())
+    generator = seeded_generator(settings.seed)
     context = list(prompt_ids[-block:])
     cache = model.new_cache(1) if use_cache else None
     logits = _prefill(model, context, cache, device)
     for k in range(settings.max_new_tokens):
-        if settings.temperature == 0:
-            token = int(torch.argmax(logits))
-        else:
-            probs = next_token_distribution(logits, settings).cpu()
-            token = int(torch.multinomial(probs, 1, generator=generator))
+        token = draw_token(logits, settings, generator)
         yield token
         if k == settings.max_new_tokens - 1:
             return  # the last token needs no forward pass of its own
@@ -144,16 +155,22 @@ def load_run(run_dir: str | os.PathLike, device: str = "auto"):
     return model, tokenizer, config
 
 
-def encode_prompt(tokenizer, prompt: str, block_size: int, warn=None) -> list[int]:
-    """Prompt → ids; an empty prompt starts from <|endoftext|> (or a newline); a prompt longer
-    than the context keeps its last block_size tokens, with a warning. The prompt is the user's
-    text: "<|endoftext|>" written in it is encoded as characters, not as the special token."""
-    warn = warn or (lambda m: print(f"warning: {m}", file=sys.stderr))
+def prompt_ids(tokenizer, prompt: str, allowed_special: str = "none") -> list[int]:
+    """Prompt → ids; an empty prompt starts from <|endoftext|> (or a newline). The prompt is the
+    user's text: "<|endoftext|>" written in it is encoded as characters, not as the special token,
+    unless allowed_special says otherwise."""
     if prompt == "":
         if tokenizer.eot_id is not None:
             return [tokenizer.eot_id]
         return tokenizer.encode("\n")
-    ids = tokenizer.encode(prompt, allowed_special="none")
+    return tokenizer.encode(prompt, allowed_special=allowed_special)
+
+
+def encode_prompt(tokenizer, prompt: str, block_size: int, warn=None) -> list[int]:
+    """Prompt → ids (prompt_ids); a prompt longer than the context keeps its last block_size
+    tokens, with a warning."""
+    warn = warn or (lambda m: print(f"warning: {m}", file=sys.stderr))
+    ids = prompt_ids(tokenizer, prompt)
     if len(ids) > block_size:
         warn(f"the prompt is {len(ids)} tokens but the model's context is {block_size}; "
              f"keeping the last {block_size} tokens")

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from groundup.config import ModelConfig
-from groundup.model.positional import apply_rope, rope_tables
+from groundup.model.positional import apply_rope, positions_of, rope_tables
 
 
 class KVCache:
@@ -22,11 +22,24 @@ class KVCache:
         self.values = torch.zeros(shape, device=device, dtype=dtype)
         self.length = 0  # positions filled
 
-    def store(self, layer: int, keys: torch.Tensor, values: torch.Tensor, start: int):
-        """Write this step's keys/values at [start, start+T); return everything up to there."""
-        end = start + keys.shape[2]
-        self.keys[layer, :, :, start:end] = keys
-        self.values[layer, :, :, start:end] = values
+    def rows(self, first: int, last: int) -> "KVCache":
+        """The cache of sequences first..last-1, sharing this one's memory (writes go through)."""
+        view = KVCache.__new__(KVCache)
+        view.keys, view.values, view.length = self.keys[:, first:last], self.values[:, first:last], 0
+        return view
+
+    def store(self, layer: int, keys: torch.Tensor, values: torch.Tensor, start):
+        """Write this step's keys/values at [start, start+T); return everything up to there.
+        With `start` a (B,) tensor, row b's one new key/value goes to position start[b]."""
+        if isinstance(start, torch.Tensor):  # batched decoding: keys (B, nh, 1, d_k)
+            rows = torch.arange(keys.shape[0], device=keys.device)
+            self.keys[layer, rows, :, start] = keys[:, :, 0]
+            self.values[layer, rows, :, start] = values[:, :, 0]
+            end = int(start.max()) + 1
+        else:
+            end = start + keys.shape[2]
+            self.keys[layer, :, :, start:end] = keys
+            self.values[layer, :, :, start:end] = values
         return self.keys[layer, :, :, :end], self.values[layer, :, :, :end]
 
 
@@ -51,13 +64,14 @@ class CausalSelfAttention(nn.Module):
             self.register_buffer("rope_cos", cos, persistent=False)
             self.register_buffer("rope_sin", sin, persistent=False)
 
-    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0, start: int = 0) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0, start=0) -> torch.Tensor:
         B, T, C = x.shape
+        per_row = isinstance(start, torch.Tensor)  # (B,) positions: batched decoding, T = 1
         # One matmul makes queries, keys and values; split the width into n_head heads of d_k.
         qkv = self.qkv(x).view(B, T, 3, self.n_head, self.d_k)  # (B, T, 3, nh, d_k)
         if self.rope:  # rotate queries and keys together, by their positions start..start+T-1
-            cos = self.rope_cos[start : start + T, None, None, :]  # (T, 1, 1, d_k/2)
-            sin = self.rope_sin[start : start + T, None, None, :]
+            cos = positions_of(self.rope_cos, start, T)[..., None, None, :]  # (T | B×1, 1, 1, d_k/2)
+            sin = positions_of(self.rope_sin, start, T)[..., None, None, :]
             queries, keys = apply_rope(qkv[:, :, :2], cos, sin).unbind(2)
         else:
             queries, keys = qkv[:, :, 0], qkv[:, :, 1]
@@ -67,7 +81,10 @@ class CausalSelfAttention(nn.Module):
         if cache is not None:
             keys, values = cache.store(layer, keys, values, start)  # (B, nh, start+T, d_k)
         S = keys.shape[2]  # number of positions attended to
-        mask = self.causal_mask[start : start + T, :S]  # query at position start+t sees keys 0..start+t
+        if per_row:  # row b's query at position start[b] sees keys 0..start[b]: (B, 1, 1, S)
+            mask = self.causal_mask[start, :S][:, None, None, :]
+        else:
+            mask = self.causal_mask[start : start + T, :S]  # query at position start+t sees keys 0..start+t
 
         if self.path == "math":
             scores = queries @ keys.transpose(-2, -1) / math.sqrt(self.d_k)  # Q Kᵀ / √d_k: (B, nh, T, S)
@@ -77,7 +94,9 @@ class CausalSelfAttention(nn.Module):
             heads = attention_weights @ values  # weighted sum of values: (B, nh, T, d_k)
         else:
             dropout = self.dropout if self.training else 0.0
-            if T == S:  # the usual training case: a square causal mask
+            if per_row:
+                heads = F.scaled_dot_product_attention(queries, keys, values, attn_mask=mask)
+            elif T == S:  # the usual training case: a square causal mask
                 heads = F.scaled_dot_product_attention(queries, keys, values, is_causal=True, dropout_p=dropout)
             elif T == 1:  # one new token attends to everything before it
                 heads = F.scaled_dot_product_attention(queries, keys, values, dropout_p=dropout)

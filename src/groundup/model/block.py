@@ -24,7 +24,7 @@ class Block(nn.Module):
         self.norm_ffn = nn.LayerNorm(config.n_embd, bias=config.bias)
         self.ffn = FeedForward(config)
 
-    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0, start: int = 0) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0, start=0) -> torch.Tensor:
         if self.pre_norm:
             x = x + self.attention(self.norm_attention(x), cache, layer, start)
             x = x + self.ffn(self.norm_ffn(x))

@@ -71,10 +71,15 @@ class GPT(nn.Module):
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None,
                 cache: KVCache | None = None, start: int = 0) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """idx: (B, T) token ids at positions start..start+T-1 → (logits (B, T, V), loss or None)."""
+        """idx: (B, T) token ids at positions start..start+T-1 → (logits (B, T, V), loss or None).
+
+        Batched decoding (`groundup serve`): `start` may be a (B,) tensor of positions, one per
+        row, with T = 1 and a cache: each row is its own sequence at its own length."""
         B, T = idx.shape
-        if start + T > self.config.block_size:
-            raise ValueError(f"sequence of {start + T} positions exceeds block_size {self.config.block_size}")
+        per_row = isinstance(start, torch.Tensor)
+        end = (int(start.max()) if per_row else start) + T  # positions used (the longest row's)
+        if end > self.config.block_size:
+            raise ValueError(f"sequence of {end} positions exceeds block_size {self.config.block_size}")
         x = self.token_embedding(idx)  # (B, T, C)
         if self.embedding_scale != 1.0:
             x = x * self.embedding_scale
@@ -85,7 +90,7 @@ class GPT(nn.Module):
             x = block(x, cache, layer, start)
         x = self.final_norm(x)
         logits = self.lm_head(x)  # (B, T, V): a score for every possible next token
-        if cache is not None:
+        if cache is not None and not per_row:
             cache.length = start + T
         loss = None
         if targets is not None:

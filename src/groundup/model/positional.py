@@ -25,6 +25,14 @@ def sinusoidal_table(block_size: int, n_embd: int) -> torch.Tensor:
     return table.float()
 
 
+def positions_of(table: torch.Tensor, start, length: int) -> torch.Tensor:
+    """Rows start..start+length-1 of a (block_size, ...) table: (T, ...). With `start` a (B,)
+    tensor (batched decoding, one position per row, length 1): (B, 1, ...)."""
+    if isinstance(start, torch.Tensor):
+        return table[start].unsqueeze(1)
+    return table[start : start + length]
+
+
 class SinusoidalPositions(nn.Module):
     """Fixed sinusoids; nothing to learn (a buffer, not saved with the weights)."""
 
@@ -32,8 +40,8 @@ class SinusoidalPositions(nn.Module):
         super().__init__()
         self.register_buffer("table", sinusoidal_table(block_size, n_embd), persistent=False)
 
-    def forward(self, start: int, length: int) -> torch.Tensor:
-        return self.table[start : start + length]  # positions start..start+length-1: (T, C)
+    def forward(self, start, length: int) -> torch.Tensor:
+        return positions_of(self.table, start, length)
 
 
 class LearnedPositions(nn.Module):
@@ -43,8 +51,8 @@ class LearnedPositions(nn.Module):
         super().__init__()
         self.weight = nn.Parameter(torch.zeros(block_size, n_embd))
 
-    def forward(self, start: int, length: int) -> torch.Tensor:
-        return self.weight[start : start + length]  # positions start..start+length-1: (T, C)
+    def forward(self, start, length: int) -> torch.Tensor:
+        return positions_of(self.weight, start, length)
 
 
 def rope_tables(block_size: int, head_size: int, base: float = 10000.0) -> tuple[torch.Tensor, torch.Tensor]:
