@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from groundup.labs import cost
+from groundup import cost
 
 # key → (error of 6·N·D, error with attention), in percent, as docs/cost.md's table prints them
 STATED = {"gpt3-175b": (0.3, 3.1), "chinchilla-70b": (2.1, 6.0), "llama3-405b": (-0.2, 8.1)}
