@@ -210,7 +210,7 @@ def test_user_text_never_becomes_a_special_token(small_bpe):
     from groundup.serve.api import create_app
 
     eot = small_bpe.eot_id
-    assert eot is not None and small_bpe.encode("<|endoftext|>") == [eot]  # the trusted path parses it
+    assert eot is not None and small_bpe.encode("<|endoftext|>", allowed_special="all") == [eot]  # when asked
     model = GPT(ModelConfig(vocab_size=small_bpe.vocab_size, block_size=32, n_layer=1, n_head=2, n_embd=16)).eval()
     with ServerThread(create_app(model, small_bpe, "bpe")) as url:
         r = httpx.post(url + "/api/tokenize", json={"text": "say <|endoftext|> now"}, timeout=30).json()
