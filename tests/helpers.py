@@ -13,8 +13,9 @@ def tiny_config(*overrides: str):
     return load_config(None, [*TINY, *overrides])
 
 
-def count_kernel_calls(monkeypatch) -> dict[str, int]:
-    """Count the fused kernels that really run (not their PyTorch fallbacks) until the test ends:
+def count_kernel_calls(monkeypatch=None) -> dict[str, int]:
+    """Count the fused kernels that really run (not their PyTorch fallbacks) until the test ends
+    (with pytest's monkeypatch) or for the rest of the process (without: kill_driver's children):
     {'linear', 'layer_norm', 'gelu', 'causal_attention'} → number of forward calls."""
     from groundup import kernels
 
@@ -27,5 +28,8 @@ def count_kernel_calls(monkeypatch) -> dict[str, int]:
             counts[_name] += 1
             return _apply(*args)
 
-        monkeypatch.setattr(function, "apply", counted)
+        if monkeypatch is not None:
+            monkeypatch.setattr(function, "apply", counted)
+        else:
+            function.apply = counted
     return counts

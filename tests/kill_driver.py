@@ -37,23 +37,7 @@ import torch._dynamo  # noqa: F401  (the optimizer imports it lazily: 2 s per ch
 
 import groundup.train.trainer  # noqa: F401
 from groundup.cli import main
-
-
-def count_kernel_calls() -> dict[str, int]:
-    """Wrap each fused kernel's autograd Function (in this process only) to count the calls that run it."""
-    from groundup import kernels
-
-    counts = {}
-    for name, function in (("linear", kernels._Linear), ("layer_norm", kernels._LayerNorm), ("gelu", kernels._Gelu),
-                           ("causal_attention", kernels._CausalAttention)):
-        counts[name] = 0
-
-        def counted(*args, _apply=function.apply, _name=name):
-            counts[_name] += 1
-            return _apply(*args)
-
-        function.apply = counted
-    return counts
+from helpers import count_kernel_calls  # (tests/ is this script's directory, first on sys.path)
 
 
 def _last_logged_step(metrics_path: str) -> int:
