@@ -21,52 +21,22 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 
-def torch_stepper(config, sampler):
+def stepper(config, engine_name: str, sampler):
+    """One training step of the named engine, as `groundup train` takes it (build_engine + train_step)."""
+    import dataclasses
+
     import torch
 
-    from groundup.engines.numpy.trainer import initial_weights
-    from groundup.model import GPT
-    from groundup.train.optim import configure_adamw
+    from groundup.train.engine import build_engine
     from groundup.train.schedule import lr_at
+    from groundup.train.step import train_step
 
-    t = config.train
-    model = GPT(config.model)
-    model.load_weights(initial_weights(config))
-    optimizer = configure_adamw(model, t, torch.device("cpu"))
+    t = dataclasses.replace(config.train, engine=engine_name)
+    engine = build_engine(dataclasses.replace(config, train=t), torch.device("cpu"))
     state = {"step": 0}
 
     def step():
-        for group in optimizer.param_groups:
-            group["lr"] = lr_at(state["step"], t)
-        x, y = (torch.from_numpy(a) for a in sampler.next_batch())
-        _, loss = model(x, y)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        state["step"] += 1
-
-    return step
-
-
-def numpy_stepper(config, sampler):
-    from groundup.engines.numpy import GPT, AdamW, clip_grad_norm
-    from groundup.engines.numpy.trainer import decay_mask, initial_weights, numpy_dtype
-    from groundup.train.schedule import lr_at
-
-    t = config.train
-    model = GPT(config.model, numpy_dtype(t.dtype))
-    model.load_weights(initial_weights(config))
-    optimizer = AdamW([model.flat], (t.beta1, t.beta2), t.eps, [decay_mask(model, t.weight_decay)])
-    state = {"step": 0}
-
-    def step():
-        x, y = sampler.next_batch()
-        model.forward(x, y)
-        model.backward()
-        clip_grad_norm([model.flat], t.grad_clip)
-        optimizer.step(lr_at(state["step"], t))
-        model.zero_grad()
+        train_step(engine, [engine.batch(*sampler.next_batch())], lr=lr_at(state["step"], t), grad_clip=t.grad_clip)
         state["step"] += 1
 
     return step
@@ -106,7 +76,7 @@ def main() -> None:
     def sampler():
         return BatchSampler(data.train, m.block_size, t.batch_size, seed=t.seed)
 
-    contenders = {"torch": torch_stepper(config, sampler()), "numpy": numpy_stepper(config, sampler())}
+    contenders = {name: stepper(config, name, sampler()) for name in ("torch", "numpy")}
     print(f"config {args.config}: {m.n_layer} layers, {m.n_head} heads, {m.n_embd} wide, context {m.block_size}, "
           f"batch {t.batch_size}, vocab {m.vocab_size}, {m.positional}, {m.activation}; "
           f"numpy {np.__version__}, torch {torch.__version__}; threads: torch {torch.get_num_threads()}, "

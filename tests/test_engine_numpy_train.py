@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from groundup.data import BatchSampler
 from groundup.engines.numpy import SGD, Adam, AdamW, Parameter, clip_grad_norm
-from groundup.engines.numpy.trainer import check_train_config
+from groundup.engines.numpy.training import check_train_config
 from groundup.errors import ConfigError
 from groundup.model import GPT as TorchGPT
 from groundup.train import checkpoint as ckpt

@@ -7,7 +7,9 @@ import argparse
 import json
 import sys
 import time
+import typing
 
+from groundup.config import EngineName
 from groundup.errors import GroundupError
 
 EXIT_USAGE = 2  # a problem the user can fix: bad input, missing file, full disk (message on stderr)
@@ -223,7 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its last good checkpoint")
     tr.add_argument("--max-steps", type=int, help="same as --set max_steps=N")
     tr.add_argument("--time-budget", type=float, help="stop after this many seconds (still evaluates and saves)")
-    tr.add_argument("--engine", choices=["torch", "numpy"], help="same as --set engine=…")
+    tr.add_argument("--engine", choices=typing.get_args(EngineName), help="same as --set engine=…")
     tr.add_argument("--device", help="auto, cpu, cuda, cuda:N, mps")
     tr.add_argument("--compile", action="store_true", help="torch.compile the model")
     tr.add_argument("--inject", action="append", metavar="FAULT@STEP",

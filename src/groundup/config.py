@@ -1,6 +1,8 @@
 """Typed configuration: dataclasses validated at construction, loaded from TOML, overridden by --set.
 
-A run's config has three sections, each a dataclass:
+A run's config has three sections, each a typed dataclass; a field with a fixed set of values is
+annotated with a `Literal` alias below, and that alias is the one place its allowed values are
+declared (validation and error messages read it):
 
     [model]  ModelConfig  the architecture (what the weights mean)
     [data]   DataConfig   corpus and tokenizer
@@ -15,18 +17,43 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import tomllib
-import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from groundup.errors import ConfigError
+
+
+Activation = Literal["relu", "gelu"]  # gelu: the tanh approximation, as GPT-2
+Positional = Literal["sinusoidal", "learned", "rope"]  # Vaswani et al. 2017 | GPT-2 | RoFormer
+Norm = Literal["pre", "post"]  # pre (GPT-2: x + f(LN(x))) | post (2017: LN(x + f(x)))
+AttentionPath = Literal["sdpa", "math"]  # F.scaled_dot_product_attention | every step explicit
+ReadErrors = Literal["strict", "replace"]  # how to read non-UTF-8 .txt files
+EngineName = Literal["torch", "numpy"]
+Parallel = Literal["ddp", "fsdp"]  # under torchrun: a full replica per rank | weights, grads, Adam sharded
+DType = Literal["auto", "float32", "bfloat16", "float16", "float64"]  # auto: bf16 autocast on CUDA, else fp32
 
 
 def _check(cond: bool, message: str) -> None:
     if not cond:
         raise ConfigError(message)
+
+
+def _or_list(values) -> str:
+    quoted = [repr(v) for v in values]
+    return ", ".join(quoted[:-1]) + f" or {quoted[-1]}" if len(quoted) > 1 else quoted[0]
+
+
+def _check_choices(instance, section: str) -> None:
+    """Every Literal-typed field holds one of its declared values."""
+    for name, annotation in _field_types(type(instance)).items():
+        if typing.get_origin(annotation) is Literal:
+            value = getattr(instance, name)
+            _check(value in typing.get_args(annotation),
+                   f"{section}.{name} must be {_or_list(typing.get_args(annotation))}, got {value!r}")
 
 
 @dataclass
@@ -37,15 +64,15 @@ class ModelConfig:
     n_head: int = 4
     n_embd: int = 128  # model width C; each head has d_k = C / n_head
     ffn_mult: int = 4  # feed-forward hidden width = ffn_mult · C
-    activation: str = "gelu"  # relu | gelu (tanh approximation, as GPT-2)
+    activation: Activation = "gelu"
     # sinusoidal (Vaswani et al. 2017) | learned (GPT-2) | rope (RoFormer). Default rope: on the classic
     # char recipe it reached val 1.775 at 2000 steps vs 1.931 sinusoidal, 1.895 learned (see configs/).
-    positional: str = "rope"
-    norm: str = "pre"  # pre (GPT-2: x + f(LN(x))) | post (2017: LN(x + f(x)))
+    positional: Positional = "rope"
+    norm: Norm = "pre"
     bias: bool = True  # biases in linear layers and layer norms
     dropout: float = 0.0
     tie_embeddings: bool = True  # the LM head reuses the token-embedding matrix
-    attention: str = "sdpa"  # sdpa (F.scaled_dot_product_attention) | math (every step explicit)
+    attention: AttentionPath = "sdpa"
 
     def __post_init__(self):
         for name in ("block_size", "n_layer", "n_head", "n_embd", "ffn_mult"):
@@ -55,11 +82,7 @@ class ModelConfig:
         _check(isinstance(self.vocab_size, int) and self.vocab_size >= 0, f"model.vocab_size must be ≥ 0, got {self.vocab_size!r}")
         _check(self.n_embd % self.n_head == 0,
                f"model.n_embd ({self.n_embd}) must be divisible by model.n_head ({self.n_head}): each head gets n_embd / n_head dimensions")
-        _check(self.activation in ("relu", "gelu"), f"model.activation must be 'relu' or 'gelu', got {self.activation!r}")
-        _check(self.positional in ("sinusoidal", "learned", "rope"),
-               f"model.positional must be 'sinusoidal', 'learned' or 'rope', got {self.positional!r}")
-        _check(self.norm in ("pre", "post"), f"model.norm must be 'pre' or 'post', got {self.norm!r}")
-        _check(self.attention in ("sdpa", "math"), f"model.attention must be 'sdpa' or 'math', got {self.attention!r}")
+        _check_choices(self, "model")
         _check(0.0 <= self.dropout < 1.0, f"model.dropout must be in [0, 1), got {self.dropout}")
         if self.positional == "rope":
             _check(self.head_size % 2 == 0,
@@ -79,17 +102,17 @@ class DataConfig:
     bpe_vocab_size: int = 4096  # with tokenizer = "bpe"
     pattern: str = "cl100k"  # pre-tokenizer for bpe / .tiktoken files
     val_fraction: float = 0.1
-    errors: str = "strict"  # strict | replace: how to read non-UTF-8 .txt files
+    errors: ReadErrors = "strict"
 
     def __post_init__(self):
         _check(0.0 < self.val_fraction < 1.0, f"data.val_fraction must be in (0, 1), got {self.val_fraction}")
-        _check(self.errors in ("strict", "replace"), f"data.errors must be 'strict' or 'replace', got {self.errors!r}")
+        _check_choices(self, "data")
         _check(self.bpe_vocab_size >= 257, f"data.bpe_vocab_size must be at least 257 (256 bytes + <|endoftext|>), got {self.bpe_vocab_size}")
 
 
 @dataclass
 class TrainConfig:
-    engine: str = "torch"  # torch | numpy
+    engine: EngineName = "torch"
     batch_size: int = 12  # sequences per micro-batch per process
     grad_accum_steps: int = 1  # micro-batches per optimizer step
     max_steps: int = 2000
@@ -110,9 +133,9 @@ class TrainConfig:
     keep_checkpoints: int = 3
     seed: int = 1337
     device: str = "auto"  # auto (cuda, else mps, else cpu) | cpu | cuda | cuda:N | mps
-    dtype: str = "auto"  # auto (bf16 autocast on CUDA, else fp32) | float32 | bfloat16 | float64
+    dtype: DType = "auto"
     compile: bool = False  # torch.compile the model
-    parallel: str = "ddp"  # under torchrun: ddp (a full replica per rank) | fsdp (weights, grads, Adam sharded)
+    parallel: Parallel = "ddp"
     threads: int = 0  # CPU threads for torch; 0 = torch's default
     # guards (see groundup/train/guards.py): a non-finite step is always skipped
     max_bad_steps: int = 3  # this many non-finite steps in a row → roll back to the last good checkpoint
@@ -121,7 +144,7 @@ class TrainConfig:
     lr_backoff: float = 0.5  # each rollback multiplies the learning rate by this
 
     def __post_init__(self):
-        _check(self.engine in ("torch", "numpy"), f"train.engine must be 'torch' or 'numpy', got {self.engine!r}")
+        _check_choices(self, "train")
         for name in ("batch_size", "grad_accum_steps", "eval_iters", "log_interval", "eval_interval", "keep_checkpoints"):
             _check(getattr(self, name) >= 1, f"train.{name} must be ≥ 1, got {getattr(self, name)}")
         for name in ("max_steps", "warmup_steps", "lr_decay_steps", "checkpoint_interval", "threads"):
@@ -136,9 +159,6 @@ class TrainConfig:
         _check(self.spike_factor == 0 or self.spike_factor > 1,
                f"train.spike_factor must be > 1 (or 0 to turn spike detection off), got {self.spike_factor}")
         _check(0 < self.lr_backoff <= 1, f"train.lr_backoff must be in (0, 1], got {self.lr_backoff}")
-        _check(self.parallel in ("ddp", "fsdp"), f"train.parallel must be 'ddp' or 'fsdp', got {self.parallel!r}")
-        _check(self.dtype in ("auto", "float32", "bfloat16", "float16", "float64"),
-               f"train.dtype must be auto, float32, bfloat16, float16 or float64, got {self.dtype!r}")
 
     @property
     def decay_steps(self) -> int:
@@ -181,8 +201,10 @@ class RunConfig:
 SECTIONS = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig}
 
 
+@functools.cache
 def _field_types(klass) -> dict[str, type]:
-    return {f.name: f.type for f in dataclasses.fields(klass)}
+    """Each field's annotation, resolved (a Literal alias stays a Literal)."""
+    return typing.get_type_hints(klass)
 
 
 def _locate(key: str) -> tuple[str, str]:
@@ -201,15 +223,16 @@ def _locate(key: str) -> tuple[str, str]:
     raise ConfigError(f"unknown config key {key!r}{hint}")
 
 
-def _coerce(value, annotation: str, where: str):
-    """Check a TOML value against a field's annotation (ints are accepted where floats are)."""
-    expected = {"int": int, "float": float, "str": str, "bool": bool}[annotation]
+def _coerce(value, annotation, where: str):
+    """Check a TOML value against a field's annotation (ints are accepted where floats are; a
+    Literal's values are checked when the section is built)."""
+    expected = type(typing.get_args(annotation)[0]) if typing.get_origin(annotation) is Literal else annotation
     if expected is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if isinstance(value, bool) and expected is not bool:
-        raise ConfigError(f"{where} must be {annotation}, got a boolean ({value})")
+        raise ConfigError(f"{where} must be {expected.__name__}, got a boolean ({value})")
     if not isinstance(value, expected):
-        raise ConfigError(f"{where} must be {annotation}, got {type(value).__name__} {value!r}")
+        raise ConfigError(f"{where} must be {expected.__name__}, got {type(value).__name__} {value!r}")
     return value
 
 

@@ -23,6 +23,12 @@ from groundup.model.attention import KVCache
 from groundup.model.block import Block
 from groundup.model.layers import LayerNorm, Linear
 from groundup.model.positional import LearnedPositions, SinusoidalPositions
+from groundup.model.weights import check_weights
+
+
+def decays(name: str, ndim: int) -> bool:
+    """True for the weight matrices (ndim 2, not embeddings) that get weight decay."""
+    return ndim == 2 and "embedding" not in name
 
 
 class GPT(nn.Module):
@@ -126,8 +132,6 @@ class GPT(nn.Module):
 
     def load_weights(self, tensors: dict[str, torch.Tensor], source: str = "weights") -> None:
         """Load `weights()`-style tensors after checking every name and shape against the config."""
-        from groundup.train.checkpoint import check_weights
-
         check_weights(tensors, self.weights(), source)
         with torch.no_grad():
             for name, param in self.weights().items():

@@ -27,9 +27,13 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from safetensors import SafetensorError
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
 from torch import nn
 
 from groundup.errors import CheckpointError, ConfigError
+from groundup.model.weights import check_weights
 from groundup.util.files import atomic_write_bytes, atomic_write_json
 
 # The attention and feed-forward projections of every block (GPT weight names end in these).
@@ -175,8 +179,6 @@ def base_fingerprint(model: nn.Module) -> str:
 
 def save_adapters(model: nn.Module, directory: str | os.PathLike, **info) -> Path:
     """Write adapter.safetensors + adapter_config.json into `directory` (each atomically)."""
-    from safetensors.torch import save as st_save
-
     modules = lora_modules(model)
     if not modules:
         raise ConfigError("the model has no LoRA adapters to save; call add_lora(model, ...) first")
@@ -195,11 +197,6 @@ def save_adapters(model: nn.Module, directory: str | os.PathLike, **info) -> Pat
 def load_adapters(model: nn.Module, directory: str | os.PathLike, check_base: bool = True) -> dict:
     """Add the saved adapters to `model` (which must be the base they were trained on) and load
     their weights. Returns the adapter config."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load as st_load
-
-    from groundup.train.checkpoint import check_weights
-
     directory = Path(directory)
     config_path, weights_path = directory / ADAPTER_CONFIG, directory / ADAPTER_WEIGHTS
     for path in (config_path, weights_path):

@@ -33,6 +33,7 @@ from safetensors.torch import save as st_save
 
 from groundup.config import RunConfig
 from groundup.errors import CheckpointError, ConfigError
+from groundup.model.weights import check_weights  # noqa: F401 (re-exported: the checks a checkpoint passes)
 from groundup.util.files import atomic_write_json, fsync_dir
 
 SCHEMA_VERSION = 1
@@ -298,33 +299,3 @@ def read_run_config(run_dir: str | os.PathLike) -> RunConfig:
 
 def write_run_config(run_dir: str | os.PathLike, config: RunConfig) -> None:
     atomic_write_json(Path(run_dir) / CONFIG, config.to_dict())
-
-
-def check_weights(weights: dict[str, torch.Tensor], expected: dict[str, torch.Tensor], source: str,
-                  dtype: torch.dtype | None = None) -> None:
-    """Validate tensors before use: every expected name present, nothing extra, each with the
-    config's shape, one floating-point dtype throughout (`dtype` if given), finite values.
-    A mismatch raises CheckpointError naming the tensor."""
-    missing = [k for k in expected if k not in weights]
-    if missing:
-        raise CheckpointError(f"{source}: tensor {missing[0]!r} is missing ({len(missing)} missing in all); "
-                              "the checkpoint does not match its config")
-    extra = [k for k in weights if k not in expected]
-    if extra:
-        raise CheckpointError(f"{source}: unexpected tensor {extra[0]!r}; the checkpoint does not match its config")
-    first_dtype = None
-    for name, ref in expected.items():
-        t = weights[name]
-        if tuple(t.shape) != tuple(ref.shape):
-            raise CheckpointError(f"{source}: tensor {name!r} has shape {tuple(t.shape)}, but the config implies "
-                                  f"{tuple(ref.shape)}; the checkpoint does not match its config")
-        if not t.dtype.is_floating_point:
-            raise CheckpointError(f"{source}: tensor {name!r} has dtype {t.dtype}, expected a floating-point dtype")
-        if dtype is not None and t.dtype != dtype:
-            raise CheckpointError(f"{source}: tensor {name!r} has dtype {t.dtype}, but the config implies {dtype}")
-        first_dtype = first_dtype or (name, t.dtype)
-        if t.dtype != first_dtype[1]:
-            raise CheckpointError(f"{source}: tensor {name!r} has dtype {t.dtype} but {first_dtype[0]!r} has "
-                                  f"{first_dtype[1]}; a checkpoint holds one dtype")
-        if not bool(torch.isfinite(t).all()):
-            raise CheckpointError(f"{source}: tensor {name!r} holds NaN or infinite values")

@@ -36,6 +36,7 @@ import signal
 from dataclasses import dataclass, field
 
 from groundup.errors import ConfigError
+from groundup.train.step import Verdict
 
 KINDS = ("nan", "inf", "spike", "kill")
 CHECKPOINT_PHASES = ("write", "rename", "publish", "prune")
@@ -116,12 +117,6 @@ class FaultInjector:
 
 def _sigkill() -> None:
     os.kill(os.getpid(), signal.SIGKILL)
-
-
-@dataclass
-class Verdict:
-    action: str  # "ok" | "skip" | "rollback" | "stop"
-    reason: str = ""
 
 
 @dataclass

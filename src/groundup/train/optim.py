@@ -14,11 +14,7 @@ import torch
 from torch import nn
 
 from groundup import kernels
-
-
-def decays(name: str, ndim: int) -> bool:
-    """True for the weight matrices (ndim 2, not embeddings) that get weight decay."""
-    return ndim == 2 and "embedding" not in name
+from groundup.model.gpt import decays  # noqa: F401 (which weights get decay: the model's naming)
 
 
 def named_parameters(model: nn.Module) -> list[tuple[str, nn.Parameter]]:

@@ -1,50 +1,48 @@
-"""The training loop (PyTorch engine).
+"""`groundup train`: a run directory trained by the one loop (loop.py) and step (step.py), either engine.
 
-    for each step:
+    build the engine the config names (PyTorch or NumPy: engine.py), the data and the batch sampler
+    for each step (loop.fit → step.train_step):
         lr ← warmup + cosine schedule (× lr_scale, lowered by each rollback)
-        for each micro-batch:  loss = CE(model(x), y) / accum;  loss.backward()   (chain rule)
+        for each micro-batch:  loss = CE(model(x), y) / accum;  backward   (autograd, or by hand)
         guard (guards.py): loss or ‖g‖ non-finite → skip the update; repeated NaNs, a spike or
             divergence → roll back to the last good checkpoint; too many rollbacks → stop
         clip the global gradient norm;  AdamW step;  zero the gradients
+      and around it (_RunHooks):
         every log_interval: metrics.jsonl + progress bar (loss, lr, tokens/s, MFU)
         every eval_interval: loss on fixed train and val batches
         every checkpoint_interval: atomic checkpoint (weights, optimizer, RNG, sampler position)
 
 The same function runs one process on a CPU, a GPU, or N processes under torchrun (DDP, or FSDP
-with `parallel = "fsdp"`).
+with `parallel = "fsdp"`; PyTorch engine only).
 SIGINT/SIGTERM finish the step, save and exit cleanly; after any crash `--resume` continues from
 the last good checkpoint (see docs/fault-tolerance.md).
 """
 
 from __future__ import annotations
 
-import base64
-import math
 import signal
 import sys
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from groundup.config import RunConfig
 from groundup.data import BatchSampler, TokenData, prepare_cached
+from groundup.engines.numpy import training as numpy_training
 from groundup.errors import CheckpointError, ConfigError
 from groundup.hardware import peak_flops
 from groundup.model import GPT
 from groundup.report.plots import plot_loss_curves
 from groundup.train import checkpoint as ckpt
-from groundup.train.distributed import (
-    DistInfo, all_reduce_mean, barrier, gather, init_distributed, is_sharded, shard_like, shard_model, shutdown,
-    skip_gradient_sync, weights_in_sync,
-)
+from groundup.train.distributed import DistInfo, barrier, init_distributed, shutdown, weights_in_sync
+from groundup.train.engine import build_engine, evaluate  # noqa: F401 (evaluate: re-exported)
 from groundup.train.guards import FaultInjector, Guard, parse_faults
-from groundup.train.optim import (clip_gradients_, configure_adamw, gradient_norm, load_optimizer_state_tensors,
-                                  named_parameters, optimizer_state_tensors)
+from groundup.train.loop import Hooks, fit
 from groundup.train.schedule import lr_at
-from groundup.util.device import autocast, autocast_dtype, keep_freed_memory, param_dtype, pick_device
+from groundup.train.step import StepResult
+from groundup.util.device import keep_freed_memory, pick_device
 from groundup.util.metrics import MetricsLogger, read_metrics
 from groundup.util.progress import Progress, warn as progress_warn
 
@@ -80,37 +78,13 @@ def resolve_vocab(config: RunConfig, data: TokenData) -> RunConfig:
     return config
 
 
-def evaluate(model: GPT, batches: list[tuple[torch.Tensor, torch.Tensor]], amp, device) -> float:
-    """Mean cross-entropy over fixed batches (dropout off, no gradients)."""
-    was_training = model.training
-    model.eval()
-    total = 0.0
-    with torch.no_grad():
-        for x, y in batches:
-            with autocast(device, amp):
-                _, loss = model(x, y)
-            total += loss.item()
-    model.train(was_training)
-    return total / len(batches)
-
-
-def fixed_batches(tokens, config: RunConfig, seed: int, device, n: int):
+def fixed_batches(tokens, config: RunConfig, seed: int, device, n: int) -> list:
+    """`n` fixed batches drawn from `tokens` (for evaluation): torch tensors on `device`, or, when
+    `device` is an engine, in that engine's own format."""
     sampler = BatchSampler(tokens, config.model.block_size, config.train.batch_size, seed=seed, split="val")
-    return [tuple(torch.from_numpy(a).to(device) for a in sampler.batch(k)) for k in range(n)]
-
-
-def rng_state() -> dict:
-    state = {"torch_cpu": base64.b64encode(torch.get_rng_state().numpy().tobytes()).decode()}
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["torch_cuda"] = base64.b64encode(torch.cuda.get_rng_state().numpy().tobytes()).decode()
-    return state
-
-
-def set_rng_state(state: dict) -> None:
-    if "torch_cpu" in state:
-        torch.set_rng_state(torch.from_numpy(np.frombuffer(base64.b64decode(state["torch_cpu"]), dtype=np.uint8).copy()))
-    if "torch_cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state(torch.from_numpy(np.frombuffer(base64.b64decode(state["torch_cuda"]), dtype=np.uint8).copy()))
+    to_batch = device.batch if hasattr(device, "batch") else (
+        lambda x, y: tuple(torch.from_numpy(a).to(device) for a in (x, y)))
+    return [to_batch(*sampler.batch(k)) for k in range(n)]
 
 
 class StopSignal:
@@ -140,29 +114,191 @@ class StopSignal:
 
 def train(config: RunConfig, run_dir: str | Path, resume: bool = False, progress: bool = True,
           faults=()) -> TrainResult:
-    """Train (or resume) the run in `run_dir`. Returns the trained model and final losses.
+    """Train (or resume) the run in `run_dir` with the engine the config names. Returns the trained
+    model and final losses.
 
     `faults`: fault injections for tests, e.g. ["nan@12", "spike@20"] (see groundup.train.guards);
     never saved in the run directory."""
     faults = parse_faults(faults)
-    if config.train.engine == "numpy":
+    t = config.train
+    if t.engine == "numpy":
         if faults:
             raise ConfigError("--inject (fault injection) works with the torch engine only")
-        from groundup.engines.numpy.trainer import train as train_numpy
-
-        return train_numpy(config, run_dir, resume=resume, progress=progress)
-
+        numpy_training.check_train_config(config)
     run_dir = Path(run_dir)
-    t = config.train
     if not resume and (run_dir / ckpt.STATE).exists():
         raise CheckpointError(f"{run_dir} already holds a trained run; continue it with `groundup train --resume {run_dir}` "
                               "or choose another --out")
-    info, device = init_distributed(pick_device(t.device))
+    info, device = init_distributed(pick_device(t.device) if t.engine == "torch" else torch.device("cpu"))
     try:
         with StopSignal() as stop:
             return _train(config, run_dir, resume, progress, info, device, faults, stop)
     finally:
         shutdown(info)
+
+
+def _describe(engine, config: RunConfig, device, info: DistInfo, tokens_per_step: int) -> str:
+    m, t = config.model, config.train
+    if engine.name == "numpy":
+        return (f"model: {engine.model.num_params() / 1e6:.2f}M parameters, vocab {m.vocab_size}, context {m.block_size}; "
+                f"engine numpy ({numpy_training.numpy_dtype(t.dtype).name}, gradients by hand); "
+                f"{tokens_per_step:,} tokens/step")
+    model, amp = engine.model, engine.amp
+    return (f"model: {model.num_params() / 1e6:.2f}M parameters ({model.num_params(non_embedding=True) / 1e6:.2f}M "
+            f"non-embedding), vocab {m.vocab_size}, context {m.block_size}; device {device}"
+            + (f" × {info.world_size} ranks" + (" (FSDP)" if t.parallel == "fsdp" else "") if info.enabled else "")
+            + (f", autocast {amp}" if amp else "") + f"; {tokens_per_step:,} tokens/step")
+
+
+class _RunHooks(Hooks):
+    """What `groundup train` does around each step of the loop: guards and rollbacks, metrics and the
+    progress bar, evaluation, checkpoints, the time budget, signals and injected faults."""
+
+    def __init__(self, run: "_Run"):
+        self.run = run
+        self.corrupt = lambda loss: loss
+
+    def should_stop(self) -> bool:
+        return bool(self.run.stop.received)
+
+    def before_step(self, step: int) -> None:
+        self.corrupt = self.run.injector.loss_fault(step + 1, self.run.config.train.spike_factor)
+
+    def check(self, step: int, loss: float, grad_norm: float):
+        return self.run.guard.check(step, loss, grad_norm)
+
+    def after_step(self, step: int, result: StepResult) -> int | None:
+        return self.run.after_step(step, result)
+
+
+class _Run:
+    """One `groundup train` run: the state the hooks share (engine, data, guard, metrics, clock)."""
+
+    def __init__(self, config, run_dir, engine, sampler, data, info, device, faults, stop, progress):
+        t, m = config.train, config.model
+        self.config, self.run_dir, self.engine, self.sampler, self.info, self.stop = config, run_dir, engine, sampler, info, stop
+        self.metrics = MetricsLogger(run_dir / "metrics.jsonl", enabled=info.is_main)
+        self.guard = Guard.from_config(t, m.vocab_size)
+        self.injector = FaultInjector(faults, info.rank)
+        self.tokens_per_step = t.batch_size * m.block_size * t.grad_accum_steps * info.world_size
+        peak = peak_flops(device)
+        self.peak_total = peak * info.world_size if peak else None
+        self.flops_per_token = engine.model.flops_per_token() if self.peak_total else None
+        self.val_batches = fixed_batches(data.val, config, t.seed + 1, engine, t.eval_iters)
+        self.train_eval_batches = fixed_batches(data.train, config, t.seed + 2, engine, t.eval_iters)
+        self.last_saved = None
+        self.stopped_by, self.report = "max_steps", None
+        self.step, self.elapsed_before = 0, 0.0
+        self.val_loss = self.train_loss = None
+        self.last_eval_step = -1
+        self.progress = progress
+        self.device = device
+
+    def warn(self, message: str) -> None:
+        if self.info.is_main:
+            progress_warn(message)
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.t0 + self.elapsed_before
+
+    def restore(self, directory: Path, state: dict, data_position: bool) -> int:
+        """Load a verified checkpoint into the engine (and the sampler position, unless rolling back:
+        then the data keeps going forward). Returns its step."""
+        self.engine.load_checkpoint(directory, state)
+        if data_position:
+            try:
+                self.sampler.load_state_dict(state["sampler"])
+            except (KeyError, TypeError, ValueError):
+                raise CheckpointError(f"{directory / ckpt.STATE}: 'sampler' is corrupt ({state['sampler']!r})") from None
+        self.engine.set_rng_state(state["rng"])
+        return state["step"]
+
+    def save(self, step_done: int, elapsed: float, final: bool = False, force: bool = False) -> None:
+        """Checkpoint `step_done` (rank 0 writes). A failed write keeps the previous checkpoint and
+        says so; training goes on and tries again next time, except for the last save, which raises."""
+        if step_done == self.last_saved and not force:
+            return
+        error = None
+        weights, opt_tensors, opt_step = self.engine.checkpoint_tensors()  # (every rank takes part under FSDP)
+        if self.info.is_main:
+            state = {"engine": self.engine.name, "optimizer_step": opt_step, "sampler": self.sampler.state_dict(),
+                     "rng": self.engine.rng_state(), "elapsed_s": elapsed,
+                     "tokens_seen": step_done * self.tokens_per_step, "guard": self.guard.state_dict()}
+            try:
+                ckpt.save_checkpoint(self.run_dir, step_done, weights, opt_tensors, state,
+                                     keep=self.config.train.keep_checkpoints,
+                                     crash=self.injector.checkpoint_hook(step_done))
+            except CheckpointError as e:
+                error = e
+        barrier(self.info)
+        if error is None:
+            self.last_saved = step_done
+        elif final:
+            raise CheckpointError(f"{error}; free space (or fix permissions) and resume with "
+                                  f"`groundup train --resume {self.run_dir}`")
+        else:
+            self.warn(f"{error}; training continues and tries again at the next checkpoint")
+
+    def run_eval(self, step_done: int) -> None:
+        self.val_loss = self.engine.evaluate(self.val_batches)
+        self.train_loss = self.engine.evaluate(self.train_eval_batches)
+        self.metrics.log(step=step_done, train_loss=self.train_loss, val_loss=self.val_loss, time_s=round(self.elapsed(), 3))
+        self.bar.write(f"step {step_done:>6}: train loss {self.train_loss:.4f}, val loss {self.val_loss:.4f}")
+        self.last_eval_step = step_done
+
+    def after_step(self, step: int, result: StepResult) -> int | None:
+        t, verdict = self.config.train, result.verdict
+        self.step = step
+        if verdict.action == "skip":
+            self.metrics.log(step=step, event="skip", reason=verdict.reason)
+            self.warn(f"skipped the update of step {step}: {verdict.reason}")
+        elif verdict.action == "rollback":
+            directory, state = ckpt.find_checkpoint(self.run_dir, warn=self.warn)
+            bad_step, step = step, self.restore(directory, state, data_position=False)
+            self.step = step
+            self.guard.rolled_back(bad_step, step, verdict.reason)
+            self.metrics.truncate_after(step)
+            self.metrics.log(step=step, event="rollback", reason=verdict.reason, from_step=bad_step,
+                             lr_scale=self.guard.lr_scale)
+            self.warn(f"{verdict.reason}; rolled back to step {step} ({directory.name}), learning rate "
+                      f"× {self.guard.lr_scale:g} (rollback {len(self.guard.rollbacks)} of at most {t.max_rollbacks})")
+            self.bar.update(step - self.bar.n)
+            self.last_log_time, self.last_log_step = time.perf_counter(), step
+            self.save(step, self.elapsed(), force=True)  # remember the rollback
+            return step
+        elif verdict.action == "stop":
+            self.stopped_by = "diverged"
+            directory, _ = ckpt.find_checkpoint(self.run_dir, warn=self.warn)
+            self.report = self.guard.report(verdict.reason, directory, self.run_dir)
+            return None
+
+        if verdict.action == "ok" and (step % t.log_interval == 0 or step == t.max_steps):
+            now = time.perf_counter()
+            tokens_per_s = (step - self.last_log_step) * self.tokens_per_step / max(now - self.last_log_time, 1e-9)
+            self.last_log_time, self.last_log_step = now, step
+            fields = {"loss": result.loss, "lr": self.lr(step - 1), "tok/s": tokens_per_s}
+            record = {"step": step, "loss": result.loss, "lr": fields["lr"], "tokens_per_s": round(tokens_per_s, 1),
+                      "time_s": round(now - self.t0 + self.elapsed_before, 3)}
+            if self.peak_total:
+                record["mfu"] = fields["mfu"] = self.flops_per_token * tokens_per_s / self.peak_total
+            self.metrics.log(**record)
+            self.bar.update(step - self.bar.n, **fields)
+        else:
+            self.bar.update(step - self.bar.n)
+        self.injector.kill_after_step(step)
+
+        if step % t.eval_interval == 0:
+            self.run_eval(step)
+        if t.checkpoint_interval and step % t.checkpoint_interval == 0 and step < t.max_steps:
+            self.save(step, self.elapsed())
+        if t.time_budget and _should_stop_for_time(time.perf_counter() - self.t0, t.time_budget, self.info, self.device):
+            self.stopped_by = "time_budget"
+            return None
+        return step
+
+    def lr(self, step: int) -> float:
+        """The learning rate of the step taking the weights from `step` to `step + 1`."""
+        return lr_at(step, self.config.train) * self.guard.lr_scale
 
 
 def _train(config: RunConfig, run_dir: Path, resume: bool, progress: bool, info: DistInfo, device,
@@ -192,242 +328,77 @@ def _train(config: RunConfig, run_dir: Path, resume: bool, progress: bool, info:
         data = load_data(config)
     config = resolve_vocab(config, data)
     m = config.model
-    amp = autocast_dtype(device, t.dtype)
-
-    torch.manual_seed(t.seed)  # identical initial weights on every rank
-    try:
-        model = GPT(m).to(device=device, dtype=param_dtype(t.dtype))
-    except (MemoryError, RuntimeError) as e:
-        if isinstance(e, RuntimeError) and "alloc" not in str(e).lower() and "out of memory" not in str(e).lower():
-            raise
-        raise ConfigError(f"the model does not fit in memory on {device} (n_layer={m.n_layer}, n_embd={m.n_embd}, "
-                          f"block_size={m.block_size}, vocab {m.vocab_size}): {str(e).splitlines()[0]}") from None
-    sharded = info.enabled and t.parallel == "fsdp"
-    if sharded:
-        shard_model(model, device)  # before the optimizer: its parameters become this rank's shards
-    optimizer = configure_adamw(model, t, device)
+    engine = build_engine(config, device, info)
     sampler = BatchSampler(data.train, m.block_size, t.batch_size, seed=t.seed, rank=info.rank, world_size=info.world_size)
-    metrics = MetricsLogger(run_dir / "metrics.jsonl", enabled=info.is_main)
-    guard = Guard.from_config(t, m.vocab_size)
-    injector = FaultInjector(faults, info.rank)
+    run = _Run(config, run_dir, engine, sampler, data, info, device, faults, stop, progress)
 
-    def restore(directory: Path, state: dict, data_position: bool) -> int:
-        """Load a verified checkpoint into the model and optimizer (and the sampler position, unless
-        rolling back: then the data keeps going forward). Returns its step."""
-        source = str(directory / ckpt.WEIGHTS)
-        for key, kind in (("optimizer_step", int), ("sampler", dict), ("rng", dict)):
-            if not isinstance(state.get(key), kind) or isinstance(state.get(key), bool):
-                raise CheckpointError(f"{directory / ckpt.STATE}: {key!r} is missing or not a{'n' if kind is int else ''} "
-                                      f"{kind.__name__}; the checkpoint is incomplete")
-        weights = ckpt.read_tensors(directory / ckpt.WEIGHTS)
-        ckpt.check_weights(weights, model.weights(), source, dtype=param_dtype(t.dtype))
-        with torch.no_grad():
-            for name, param in model.weights().items():
-                param.copy_(shard_like(param, weights[name]))
-        opt_tensors = ckpt.read_tensors(directory / ckpt.OPTIMIZER)
-        expected = {f"{moment}.{name}": p for name, p in named_parameters(model) for moment in ("exp_avg", "exp_avg_sq")}
-        ckpt.check_weights(opt_tensors, expected if state["optimizer_step"] else {}, str(directory / ckpt.OPTIMIZER),
-                           dtype=param_dtype(t.dtype))
-        load_optimizer_state_tensors(optimizer, model, opt_tensors, state["optimizer_step"])
-        if data_position:
-            try:
-                sampler.load_state_dict(state["sampler"])
-            except (KeyError, TypeError, ValueError):
-                raise CheckpointError(f"{directory / ckpt.STATE}: 'sampler' is corrupt ({state['sampler']!r})") from None
-        set_rng_state(state["rng"])
-        return state["step"]
-
-    step, elapsed_before = 0, 0.0
+    directory = None
     if resume:
         directory, state = ckpt.find_checkpoint(run_dir, warn=warn)
-        step = restore(directory, state, data_position=True)
-        elapsed_before = float(state.get("elapsed_s", 0.0))
-        guard.load_state_dict(state.get("guard", {}))
-        metrics.truncate_after(step)
+        run.step = run.restore(directory, state, data_position=True)
+        run.elapsed_before = float(state.get("elapsed_s", 0.0))
+        run.guard.load_state_dict(state.get("guard", {}))
+        run.metrics.truncate_after(run.step)
+        run.last_saved = run.step
     if info.rank:
-        torch.manual_seed(t.seed + 1_000_003 * info.rank + step)  # each rank its own dropout masks
+        torch.manual_seed(t.seed + 1_000_003 * info.rank + run.step)  # each rank its own dropout masks
     if info.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         ckpt.write_run_config(run_dir, config)
         data.tokenizer.save(run_dir / ckpt.TOKENIZER)
 
-    train_model = model
-    if info.enabled and not sharded:
-        from torch.nn.parallel import DistributedDataParallel
-
-        train_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    if t.compile:
-        train_model = torch.compile(train_model)
-
-    n_eval = t.eval_iters
-    val_batches = fixed_batches(data.val, config, t.seed + 1, device, n_eval)
-    train_eval_batches = fixed_batches(data.train, config, t.seed + 2, device, n_eval)
-    tokens_per_step = t.batch_size * m.block_size * t.grad_accum_steps * info.world_size
-    flops_per_token = model.flops_per_token()
-    peak = peak_flops(device)
-    peak_total = peak * info.world_size if peak else None
-    last_saved = step if resume else None
-
-    def save(step_done: int, elapsed: float, final: bool = False, force: bool = False) -> None:
-        """Checkpoint `step_done` (rank 0 writes). A failed write keeps the previous checkpoint and
-        says so; training goes on and tries again next time, except for the last save, which raises."""
-        nonlocal last_saved
-        if step_done == last_saved and not force:
-            return
-        error = None
-        weights = gather(model.weights())  # full tensors from FSDP shards (every rank takes part)
-        opt_tensors, opt_step = optimizer_state_tensors(optimizer, model)
-        opt_tensors = gather(opt_tensors)
-        if info.is_main:
-            state = {"engine": "torch", "optimizer_step": opt_step, "sampler": sampler.state_dict(),
-                     "rng": rng_state(), "elapsed_s": elapsed, "tokens_seen": step_done * tokens_per_step,
-                     "guard": guard.state_dict()}
-            try:
-                ckpt.save_checkpoint(run_dir, step_done, weights, opt_tensors, state, keep=t.keep_checkpoints,
-                                     crash=injector.checkpoint_hook(step_done))
-            except CheckpointError as e:
-                error = e
-        barrier(info)
-        if error is None:
-            last_saved = step_done
-        elif final:
-            raise CheckpointError(f"{error}; free space (or fix permissions) and resume with "
-                                  f"`groundup train --resume {run_dir}`")
-        else:
-            warn(f"{error}; training continues and tries again at the next checkpoint")
-
-    def run_eval(step_done: int) -> tuple[float, float]:
-        val, train_loss = evaluate(model, val_batches, amp, device), evaluate(model, train_eval_batches, amp, device)
-        metrics.log(step=step_done, train_loss=train_loss, val_loss=val, time_s=round(time.perf_counter() - t0 + elapsed_before, 3))
-        bar.write(f"step {step_done:>6}: train loss {train_loss:.4f}, val loss {val:.4f}")
-        return val, train_loss
-
     if info.is_main and progress:
-        n = model.num_params()
-        print(f"model: {n / 1e6:.2f}M parameters ({model.num_params(non_embedding=True) / 1e6:.2f}M non-embedding), "
-              f"vocab {m.vocab_size}, context {m.block_size}; device {device}"
-              + (f" × {info.world_size} ranks" + (" (FSDP)" if sharded else "") if info.enabled else "")
-              + (f", autocast {amp}" if amp else "") + f"; {tokens_per_step:,} tokens/step", flush=True)
+        print(_describe(engine, config, device, info, run.tokens_per_step), flush=True)
         if resume:
-            print(f"resuming {run_dir} from step {step} ({directory.name})"
-                  + (f"; learning rate × {guard.lr_scale:g} after {len(guard.rollbacks)} rollback(s)" if guard.rollbacks else ""),
-                  flush=True)
-    bar = Progress(t.max_steps, initial=step, desc="train", enabled=progress and info.is_main)
-    t0 = time.perf_counter()
-    last_log_time, last_log_step = t0, step
-    val_loss = train_loss = None
-    last_eval_step = -1
+            print(f"resuming {run_dir} from step {run.step} ({directory.name})"
+                  + (f"; learning rate × {run.guard.lr_scale:g} after {len(run.guard.rollbacks)} rollback(s)"
+                     if run.guard.rollbacks else ""), flush=True)
+    run.bar = Progress(t.max_steps, initial=run.step, desc="train", enabled=progress and info.is_main)
+    run.t0 = time.perf_counter()
+    run.last_log_time, run.last_log_step = run.t0, run.step
     if resume:  # the checkpoint's own evaluation, if it was logged (a finished run resumed again)
         for r in read_metrics(run_dir / "metrics.jsonl") if info.is_main else []:
-            if r.get("step") == step and "val_loss" in r:
-                val_loss, train_loss, last_eval_step = r["val_loss"], r["train_loss"], step
+            if r.get("step") == run.step and "val_loss" in r:
+                run.val_loss, run.train_loss, run.last_eval_step = r["val_loss"], r["train_loss"], run.step
     else:
-        save(0, 0.0)  # step 0: a rollback target, and `--resume` works from the first moment
-    stopped_by, report = "max_steps", None
-    parameters = list(model.parameters())
-    model.train()
-    while step < t.max_steps and not stop.received:
-        lr = lr_at(step, t) * guard.lr_scale
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        corrupt = injector.loss_fault(step + 1, t.spike_factor)
-        loss_sum = torch.zeros((), device=device)
-        for micro in range(t.grad_accum_steps):
-            x, y = (torch.from_numpy(a).to(device, non_blocking=True) for a in sampler.next_batch())
-            last_micro = micro == t.grad_accum_steps - 1
-            with skip_gradient_sync(train_model, info.enabled and not last_micro):
-                with autocast(device, amp):
-                    _, loss = train_model(x, y)
-                loss = corrupt(loss)
-                (loss / t.grad_accum_steps).backward()
-            loss_sum += loss.detach()
-        # ‖g‖₂ over all parameters; then one all-reduce, so every rank judges the same numbers
-        grad_norm = gradient_norm(parameters)
-        if is_sharded(grad_norm):  # FSDP: already the global norm, replicated on every rank
-            grad_norm = grad_norm.full_tensor()
-        stats = all_reduce_mean(torch.stack([loss_sum / t.grad_accum_steps, grad_norm.to(loss_sum.dtype)]), info)
-        loss_value, norm_value = stats.tolist()
-        verdict = guard.check(step + 1, loss_value, norm_value)
-        if verdict.action == "ok":
-            if t.grad_clip > 0:
-                clip_gradients_(parameters, t.grad_clip, grad_norm)
-            optimizer.step()
-        optimizer.zero_grad(set_to_none=True)  # a skipped step leaves weights and Adam moments untouched
-        step += 1
+        run.save(0, 0.0)  # step 0: a rollback target, and `--resume` works from the first moment
+    if engine.name == "torch":
+        engine.model.train()
+    hooks = _RunHooks(run)
+    loss = (lambda model, batch: hooks.corrupt(model(*batch)[1])) if faults else None
+    fit(engine, lambda: engine.batch(*sampler.next_batch()), t.max_steps, lr=run.lr, grad_clip=t.grad_clip,
+        loss=loss, n_micro=t.grad_accum_steps, start=run.step, hooks=hooks)
+    step = run.step
+    if stop.received and run.stopped_by == "max_steps" and step < t.max_steps:
+        run.stopped_by = "signal"
+    run.bar.close()
 
-        if verdict.action == "skip":
-            metrics.log(step=step, event="skip", reason=verdict.reason)
-            warn(f"skipped the update of step {step}: {verdict.reason}")
-        elif verdict.action == "rollback":
-            directory, state = ckpt.find_checkpoint(run_dir, warn=warn)
-            bad_step, step = step, restore(directory, state, data_position=False)
-            guard.rolled_back(bad_step, step, verdict.reason)
-            metrics.truncate_after(step)
-            metrics.log(step=step, event="rollback", reason=verdict.reason, from_step=bad_step, lr_scale=guard.lr_scale)
-            warn(f"{verdict.reason}; rolled back to step {step} ({directory.name}), learning rate "
-                 f"× {guard.lr_scale:g} (rollback {len(guard.rollbacks)} of at most {t.max_rollbacks})")
-            bar.update(step - bar.n)
-            last_log_time, last_log_step = time.perf_counter(), step
-            save(step, time.perf_counter() - t0 + elapsed_before, force=True)  # remember the rollback
-            continue
-        elif verdict.action == "stop":
-            stopped_by = "diverged"
-            directory, _ = ckpt.find_checkpoint(run_dir, warn=warn)
-            report = guard.report(verdict.reason, directory, run_dir)
-            break
-
-        if verdict.action == "ok" and (step % t.log_interval == 0 or step == t.max_steps):
-            now = time.perf_counter()
-            tokens_per_s = (step - last_log_step) * tokens_per_step / max(now - last_log_time, 1e-9)
-            last_log_time, last_log_step = now, step
-            fields = {"loss": loss_value, "lr": lr, "tok/s": tokens_per_s}
-            record = {"step": step, "loss": loss_value, "lr": lr, "tokens_per_s": round(tokens_per_s, 1),
-                      "time_s": round(now - t0 + elapsed_before, 3)}
-            if peak_total:
-                record["mfu"] = fields["mfu"] = flops_per_token * tokens_per_s / peak_total
-            metrics.log(**record)
-            bar.update(step - bar.n, **fields)
-        else:
-            bar.update(step - bar.n)
-        injector.kill_after_step(step)
-
-        if step % t.eval_interval == 0:
-            val_loss, train_loss = run_eval(step)
-            last_eval_step = step
-        if t.checkpoint_interval and step % t.checkpoint_interval == 0 and step < t.max_steps:
-            save(step, time.perf_counter() - t0 + elapsed_before)
-        if t.time_budget and _should_stop_for_time(time.perf_counter() - t0, t.time_budget, info, device):
-            stopped_by = "time_budget"
-            break
-    if stop.received and stopped_by == "max_steps" and step < t.max_steps:
-        stopped_by = "signal"
-    bar.close()
-
-    elapsed = time.perf_counter() - t0
-    if stopped_by == "diverged":  # hand back the last good weights, not the diverged ones
+    elapsed = time.perf_counter() - run.t0
+    if run.stopped_by == "diverged":  # hand back the last good weights, not the diverged ones
         directory, state = ckpt.find_checkpoint(run_dir, warn=warn)
-        step = restore(directory, state, data_position=True)
-        val_loss, train_loss = evaluate(model, val_batches, amp, device), evaluate(model, train_eval_batches, amp, device)
-        metrics.log(step=step, event="stopped", reason=report)
+        step = run.step = run.restore(directory, state, data_position=True)
+        run.val_loss, run.train_loss = engine.evaluate(run.val_batches), engine.evaluate(run.train_eval_batches)
+        run.metrics.log(step=step, event="stopped", reason=run.report)
     else:
         if info.enabled:
-            in_sync = weights_in_sync(gather(model.weights()), info)
+            in_sync = weights_in_sync(engine.checkpoint_tensors()[0], info)
             if info.is_main and progress:
                 print(f"ranks in sync: weights identical on all {info.world_size} ranks" if in_sync else
                       f"warning: weights differ between the {info.world_size} ranks", flush=True)
-        if last_eval_step != step:
-            val_loss, train_loss = run_eval(step)
-        save(step, elapsed + elapsed_before, final=True)
+        if run.last_eval_step != step:
+            run.run_eval(step)
+        run.save(step, elapsed + run.elapsed_before, final=True)
     if info.is_main:
         plot_loss_curves(read_metrics(run_dir / "metrics.jsonl"), run_dir / "loss.png", title=f"{run_dir.name}: learning curves")
-        if stopped_by == "diverged":
-            print(f"error: {report}", file=sys.stderr, flush=True)
+        if run.stopped_by == "diverged":
+            print(f"error: {run.report}", file=sys.stderr, flush=True)
         elif progress:
-            print_done(run_dir, step, stopped_by, elapsed, val_loss, t.time_budget, stop.received)
-    return TrainResult(run_dir, step, val_loss, train_loss,
-                       tokens_per_s=(step * tokens_per_step / (elapsed + elapsed_before)) if elapsed > 0 else 0.0,
-                       seconds=elapsed, model=model, config=config, stopped_by=stopped_by, report=report,
-                       rollbacks=len(guard.rollbacks))
+            print_done(run_dir, step, run.stopped_by, elapsed, run.val_loss, t.time_budget, stop.received)
+    total = elapsed + run.elapsed_before
+    return TrainResult(run_dir, step, run.val_loss, run.train_loss,
+                       tokens_per_s=(step * run.tokens_per_step / total) if elapsed > 0 else 0.0,
+                       seconds=elapsed, model=engine.trained_model(), config=config, stopped_by=run.stopped_by,
+                       report=run.report, rollbacks=len(run.guard.rollbacks))
 
 
 def print_done(run_dir: Path, step: int, stopped_by: str, elapsed: float, val_loss: float,
@@ -444,7 +415,5 @@ def _should_stop_for_time(elapsed: float, budget: float, info: DistInfo, device)
     """Rank 0's clock decides for every rank, so all stop at the same step."""
     flag = torch.tensor([1.0 if elapsed >= budget else 0.0], device=device)
     if info.enabled:
-        import torch.distributed as dist
-
-        dist.broadcast(flag, src=0)
+        torch.distributed.broadcast(flag, src=0)
     return bool(flag.item())

@@ -9,7 +9,7 @@ against finite differences and torch.autograd.
     layers.py   Linear, Embedding, positions, LayerNorm, ReLU/GELU, attention, FFN, Block, cross-entropy
     model.py    GPT: the layers wired as in groundup.model.gpt, one flat buffer of weights and gradients
     optim.py    SGD, Adam/AdamW and gradient clipping, from their formulas
-    trainer.py  `groundup train --engine numpy`: same configs, data, checkpoints and metrics as the torch engine
+    training.py what the engine brings to groundup's one training loop (groundup.train): dtype, checks, init
 """
 
 from groundup.engines.numpy.layers import Parameter

@@ -15,14 +15,23 @@ import numpy as np
 from groundup.engines.numpy.layers import Parameter
 
 
-def clip_grad_norm(params: list[Parameter], max_norm: float) -> float:
-    """‖g‖ = √(Σ g²) over every gradient together; if ‖g‖ > max_norm, g ← g · max_norm / (‖g‖ + 1e-6)
-    (as torch.nn.utils.clip_grad_norm_). Returns ‖g‖ before clipping."""
-    norm = math.sqrt(sum(float(np.vdot(p.grad, p.grad)) for p in params))
+def grad_norm(params: list[Parameter]) -> float:
+    """‖g‖₂ = √(Σ g²) over every gradient together."""
+    return math.sqrt(sum(float(np.vdot(p.grad, p.grad)) for p in params))
+
+
+def clip_grads_with_norm(params: list[Parameter], max_norm: float, norm: float) -> None:
+    """If ‖g‖ > max_norm: g ← g · max_norm / (‖g‖ + 1e-6) (torch.nn.utils.clip_grads_with_norm_)."""
     coefficient = max_norm / (norm + 1e-6)
     if coefficient < 1.0:
         for p in params:
             p.grad *= coefficient
+
+
+def clip_grad_norm(params: list[Parameter], max_norm: float) -> float:
+    """Both at once (as torch.nn.utils.clip_grad_norm_). Returns ‖g‖ before clipping."""
+    norm = grad_norm(params)
+    clip_grads_with_norm(params, max_norm, norm)
     return norm
 
 
