@@ -23,13 +23,13 @@ from torch import nn
 from groundup.config import RunConfig, load_config
 from groundup.data import BatchSampler, TokenData, load_corpus
 from groundup.data.tokens import prepare_in_cache
-from groundup.engines.torch.engine import TorchEngine
 from groundup.model import GPT
 from groundup.tokenizer import CharTokenizer, Tokenizer
+from groundup.train.engine import TorchEngine, evaluate
 from groundup.train.loop import fit
 from groundup.train.optim import configure_adamw
 from groundup.train.schedule import lr_at
-from groundup.train.trainer import evaluate, fixed_batches, train
+from groundup.train.trainer import fixed_batches, train
 from groundup.util.device import pick_device
 from groundup.util.progress import Progress
 

@@ -10,16 +10,15 @@ from dataclasses import replace
 
 import torch
 
-from groundup.engines.torch.engine import TorchEngine
 from groundup.errors import ConfigError
 from groundup.labs.memory.common import Base, Settings
 from groundup.model import GPT
 from groundup.model.lora import add_lora, merge_lora, trainable_parameters, unmerge_lora
 from groundup.sample import SamplingSettings, generate
 from groundup.tokenizer import CharTokenizer, Tokenizer
+from groundup.train.engine import TorchEngine, evaluate
 from groundup.train.loop import fit
 from groundup.train.optim import configure_adamw
-from groundup.train.trainer import evaluate
 from groundup.util.progress import Progress
 
 
@@ -133,7 +132,7 @@ def targeted_edit(base: Base, settings: Settings, watch: dict[str, list], progre
         step = 0
         while step < s.edit_steps and history[-1]["fact_answer_loss"] > s.edit_target_loss:
             model.train()
-            fit(engine, lambda: (x, y_answer), 1, lr=lr, grad_clip=0.0)
+            fit(engine, lambda: (x, y_answer), step + 1, start=step, lr=lr, grad_clip=0.0)  # no clipping
             model.eval()
             step += 1
             fact_loss = _masked_loss(model, x, y, answer_mask)

@@ -13,7 +13,7 @@ import torch
 
 from groundup.config import ModelConfig, load_config
 from groundup.data import TokenData
-from groundup.engines.torch.engine import TorchEngine
+from groundup.train.engine import TorchEngine
 from groundup.labs.memory.common import Base, Settings, weight_hashes
 from groundup.model import GPT
 from groundup.train.loop import fit
@@ -121,7 +121,7 @@ def train_task_model(task, max_steps: int, batch_size: int, width: int, seed: in
     while step < max_steps:
         chunk = min(check_every, max_steps - step)
         model.train()
-        losses = fit(engine, next_batch, chunk, lr=lambda s, done=step: lr_at(done + s, t), grad_clip=t.grad_clip)
+        losses = fit(engine, next_batch, step + chunk, start=step, lr=lambda s: lr_at(s, t), grad_clip=t.grad_clip)
         step += chunk
         bar.update(chunk, loss=float(losses[-1]))
         model.eval()
