@@ -224,6 +224,6 @@ def report_from(lab_module, lab: str, args, default_out: str) -> int:
 
 
 def doc_header(results_path: str, lab: str) -> str:
-    """The first line of a generated docs/labs page."""
-    return (f"<!-- Generated from {results_path} by `make docs` (groundup lab {lab} --report-from {results_path}); "
-            "do not edit by hand: change the lab's report() and regenerate. -->\n\n")
+    """The first line of a generated docs/labs page: where it comes from and how to regenerate it."""
+    return (f"*Generated from `{results_path}` by `make docs` (`python -m groundup.labs.docs`); do not edit by hand. "
+            f"Rerun the lab with `groundup lab {lab} --out DIR`, copy DIR/results.json there, and regenerate.*\n\n")
