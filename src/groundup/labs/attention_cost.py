@@ -172,6 +172,25 @@ VERSION = 2  # 2: on the lab harness, repeated over seeds (each seed: new weight
 PLOTS = {"time": "attention_time.png", "memory": "attention_memory.png"}
 
 
+ABOUT = """**Claim.** Self-attention costs O(T²·d): doubling the context quadruples its work.
+
+```
+groundup lab attention-cost           # T = 64 … 4096, forward + backward, 3 seeds: a few minutes on 1 CPU thread
+groundup lab attention-cost --quick   # T = 32 … 512, 1 seed
+groundup lab attention-cost --report-from runs/attention-cost/results.json --out DIR
+```
+
+It times the model's own CausalSelfAttention with attention = "math" (the (B, n_head, T, T) score
+matrix built, masked, softmaxed, multiplied by V) and "sdpa" (the fused scaled_dot_product_attention
+kernel), interleaved at every length, the fastest of several repeats; peak memory is the most bytes
+held at once by tensors created during one pass (groundup.util.memory.PeakTensorMemory on CPU,
+torch.cuda.max_memory_allocated on CUDA). Per sequence one layer does 8·T·C² FLOPs of projections
+and 4·T²·C of scores and weighted sums, so in FLOPs the quadratic part wins from T = 2C. Exponents
+come from straight-line fits in log-log over the longer half of the lengths; time is also fitted
+as a·T + b·T². Each seed repeats the whole measurement with new weights and inputs.
+"""
+
+
 def verdict(analysis: dict, n_seeds: int) -> str:
     """The claim 'attention costs O(T²·d)', judged on the aggregated exponents: the explicit path's
     time and memory must grow at least as T^1.8 over the longer half of the lengths (its 95% lower
@@ -258,7 +277,7 @@ def report(results: dict) -> str:
                       short(scale(at["math"]["peak_bytes"], 1e-6), ".3f"), short(scale(at["sdpa"]["peak_bytes"], 1e-6), ".3f"),
                       f"{f['quadratic'] / (f['linear'] + f['quadratic']):.0%}"])
     return "\n".join([
-        "# Attention cost\n",
+        "# Attention cost\n", ABOUT,
         "## Result\n", summary + "\n",
         "## Plots\n", f"![time]({PLOTS['time']})\n\n![memory]({PLOTS['memory']})\n",
         "## Measurements\n",

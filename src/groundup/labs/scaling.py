@@ -449,6 +449,27 @@ VERSION = 2  # 2: results.json on the lab harness, report and plots regenerated 
 PLOTS = {"loss_vs_compute": "scaling_loss_vs_compute.png", "loss_vs_params": "scaling_loss_vs_params.png"}
 
 
+ABOUT = """**Claim.** Language-model loss falls as a smooth power law of training compute, L ∝ C^-α with α
+small (Kaplan et al. 2020: α_C ≈ 0.050), so every 10× of compute buys a fixed fraction of the loss;
+and for a fixed budget there is a best split between model size N and data D (Hoffmann et al.
+2022: D ≈ 20·N).
+
+```
+groundup lab scaling                  # the default grid: 30 runs, ≈ 13 minutes on 2 shared CPU cores
+groundup lab scaling --quick          # 6 tiny runs
+groundup lab scaling --grid "models=2x16,2x32,2x64 steps=200,800" --set corpus=python-docs
+groundup lab scaling --report-from runs/scaling/results.json --out DIR
+```
+
+Every grid point is an ordinary training run (resumable; a finished point is never retrained).
+The fits (groundup.labs.fit, NumPy only): L(C) = a·C^-α by least squares in log-log on the compute
+frontier (the runs that beat every cheaper run); L(N, D) = E + A/N^α + B/D^β on every run (Huber
+loss on log L, BFGS), and from it the compute-optimal N and D at a budget; bootstrap resamples of
+the runs give every fitted figure a 95% percentile interval; the largest run, and the largest
+frontier run, are held out and predicted from the rest.
+"""
+
+
 def measured(results: dict) -> tuple[list[dict], dict]:
     """(runs, analysis) of a results document: one seed per grid point, so the first seed's."""
     data = results["per_seed"][0]["results"]
@@ -500,7 +521,7 @@ def report(results: dict) -> str:
              f"{r['seconds']:.1f}", f"{r['tokens_per_s']:,.0f}" if r["tokens_per_s"] else "", "●" if r["name"] in frontier else ""]
             for r in sorted(records, key=lambda r: r["C"])]
     return "\n".join([
-        "# Scaling lab\n",
+        "# Scaling lab\n", ABOUT,
         "## Result\n", "\n".join(lines) + "\n",
         "## Plots\n", f"![loss vs compute]({PLOTS['loss_vs_compute']})\n\n![loss vs N]({PLOTS['loss_vs_params']})\n",
         "## Runs\n", table(["run", "N", "D", "C = 6ND", "C_full", "val loss", "seconds", "tokens/s", "frontier"], rows) + "\n",

@@ -24,6 +24,32 @@ PLOTS = {"in_context_lookup": "memory_in_context_lookup.png", "in_context_copy":
          "edit_layers": "memory_edit_layers.png"}
 
 
+ABOUT = """**Claims.** (1) Once trained, the weights are frozen: a chat cannot teach the model anything.
+(2) In-context "learning" is conditioning that is gone when the context is. (3) Learning new things
+by updating weights overwrites old knowledge (catastrophic forgetting). (4) LoRA helps, but does not
+isolate the new knowledge. (5) A targeted edit of one fact ripples into unrelated behaviour.
+
+```
+groundup lab memory                 # 3 seeds; about 4 minutes per seed on 2 quiet CPU cores
+groundup lab memory --quick         # 1 seed, tiny models: a minute or two
+groundup lab memory --run runs/shakespeare_char --only forgetting,lora --steps 500
+groundup lab memory --report-from runs/memory/results.json --out DIR
+```
+
+Each seed pretrains its own base model on domain A (Shakespeare) through the trainer, with one
+character vocabulary built over both domains so nothing of domain B (python-docs) is dropped. Then:
+(1) generate from held-out prompts and compare every weight tensor's SHA-256, the weights file,
+grad mode, gradients and live optimizers before and after; (2) train one-layer models for two
+synthetic tasks whose answers exist only in the context — a key=value lookup (one token per fact,
+so reading it is one attention step) and a repeated random sequence — then take the context away;
+(3) fine-tune every weight on B and follow held-out loss on A and B; (4) the same with LoRA
+adapters (groundup.model.lora) on every attention and feed-forward projection; (5) teach one
+sentence by gradient steps (full and LoRA, a gentle and a fast learning rate) until its answer is
+learned, and measure held-out loss, changed predictions and which weights moved. Every training
+step goes through the project's one training loop (groundup.train.loop.fit).
+"""
+
+
 def _half(summary: dict) -> float:
     """Half-width of the interval, for error bars (0 with one seed: no bar drawn, none claimed)."""
     return 0.0 if summary["ci95"] is None else (summary["ci95"][1] - summary["ci95"][0]) / 2
@@ -124,7 +150,7 @@ def report(results: dict) -> str:
     agg, first, claims = results["aggregate"], _first(results), verdicts(results)
     cfg = results["config"]
     seconds = [f"seed {s['seed']}: {s['seconds']:.0f} s" for s in results["per_seed"]]
-    parts = ["# Memory lab\n",
+    parts = ["# Memory lab\n", ABOUT,
              "## Setup\n",
              setup_line(results) + f" Per seed: {', '.join(seconds)}. Device {cfg['device']}.\n",
              (f"Base model (first seed): {first['base']['note']}. Every seed pretrains its own base model, trains its "
