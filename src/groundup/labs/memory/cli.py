@@ -30,6 +30,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--paraphrase", help=f"the fact said another way, only measured (default {Settings.paraphrase!r})")
 
 
+def _mode(args) -> str:
+    """quick, default (nothing changed from the defaults) or custom: recorded in results.json."""
+    custom = (args.only, args.run, args.corpus_a, args.steps, args.fact, args.paraphrase, args.device != "auto",
+              args.corpus_b != "python-docs", args.seed != 1337)
+    return "quick" if args.quick else ("custom" if any(custom) else "default")
+
+
 def run(args) -> int:
     if args.report_from:
         return harness.report_from(report, LAB, args, DEFAULT_OUT)
@@ -51,7 +58,7 @@ def run(args) -> int:
     seeds = harness.seed_list(args.seed, args.seeds or (1 if args.quick else DEFAULT_SEEDS))
     out = args.out or DEFAULT_OUT
     results = run_lab(settings, seeds, out, only, run=args.run, corpus_a=args.corpus_a, corpus_b=args.corpus_b,
-                      mode="quick" if args.quick else "default")
+                      mode=_mode(args))
     print()
     for claim, sentence in report.verdicts(results).items():
         print(f"[{claim}] {sentence}")
