@@ -225,7 +225,7 @@ def plots(results: dict, out: str | Path) -> list[Path]:
     for key, title, label, fname in [("seconds", "time", "seconds per pass", PLOTS["time"]),
                                      ("peak_bytes", "memory", "peak tensor memory (bytes)", PLOTS["memory"])]:
         note = f"mean of {n} seeds, bars: 95% CI" if n > 1 else "1 seed"
-        fig, ax = new_figure(f"Attention {title} vs sequence length ({what}, C = {cfg['n_embd']}; {note})",
+        fig, ax = new_figure(f"Attention {title} vs sequence length\n({what}, C = {cfg['n_embd']}; {note})",
                              "sequence length T", label)
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")

@@ -251,7 +251,7 @@ def _seeds_note(n: int) -> str:
 
 
 def plot_lookup(r: dict, n_seeds: int, path: Path) -> Path:
-    fig, ax = new_figure(f"In-context lookup: accuracy vs facts in context ({_seeds_note(n_seeds)})",
+    fig, ax = new_figure(f"In-context lookup: accuracy vs facts in context\n({_seeds_note(n_seeds)})",
                          "facts (key=value) in context", "accuracy on the query")
     n = _means(r["facts_in_context"])
     ax.errorbar(n, _means(r["accuracy"]), yerr=[_half(a) for a in r["accuracy"]], fmt="o-", capsize=3,
@@ -274,7 +274,7 @@ def plot_lookup(r: dict, n_seeds: int, path: Path) -> Path:
 
 
 def plot_copy(result: dict, path: Path) -> Path:
-    fig, ax = new_figure("In-context copying: loss per position of a repeated random sequence (mean over seeds)",
+    fig, ax = new_figure("In-context copying: loss per position of a repeated random sequence\n(mean over seeds)",
                          "position in the sequence (first copy | second copy)", "loss (nats)")
     for key, label in (("copy", "model trained to copy"), ("copy_base_model", "pretrained base model")):
         if key in result:
@@ -291,7 +291,7 @@ def plot_copy(result: dict, path: Path) -> Path:
 
 def plot_forgetting(full: dict, lora: dict | None, lora_first: dict | None, path: Path, names: tuple[str, str],
                     n_seeds: int) -> Path:
-    fig, ax = new_figure(f"Fine-tuning on B: validation loss on A (old) and B (new) ({_seeds_note(n_seeds)})",
+    fig, ax = new_figure(f"Fine-tuning on B: validation loss on A (old) and B (new)\n({_seeds_note(n_seeds)})",
                          "fine-tuning step", "validation loss (nats/token)")
     steps = [p["step"]["mean"] for p in full["curve"]]
     curves = [(full, "o-", "full fine-tuning", "full")]
@@ -309,7 +309,7 @@ def plot_forgetting(full: dict, lora: dict | None, lora_first: dict | None, path
 
 
 def plot_edit(results: dict, path_tradeoff: Path, path_layers: Path) -> list[Path]:
-    fig, ax = new_figure("Teaching one fact: how far it is learned vs how far held-out text moves (each seed)",
+    fig, ax = new_figure("Teaching one fact: how far it is learned vs how far held-out text moves\n(each seed)",
                          "loss of the fact's answer (nats/token; learned → right)", "change of held-out loss on A (nats/token)")
     first = _first(results)["edit"]
     for k, seed in enumerate(results["per_seed"]):
@@ -328,7 +328,7 @@ def plot_edit(results: dict, path_tradeoff: Path, path_layers: Path) -> list[Pat
     runs = results["aggregate"]["edit"]["runs"]
     layers = list(runs[0]["relative_change_by_layer"])
     n = len(results["seeds"])
-    fig, ax = new_figure(f"Which weights each edit changed ({_seeds_note(n)}; no bar: unchanged)", "", "‖ΔW‖ / ‖W‖",
+    fig, ax = new_figure(f"Which weights each edit changed (no bar: unchanged)\n({_seeds_note(n)})", "", "‖ΔW‖ / ‖W‖",
                          figsize=(9, 4.8))
     xs = np.arange(len(layers))
     width = 0.8 / len(runs)
