@@ -175,7 +175,7 @@ PLOTS = {"time": "attention_time.png", "memory": "attention_memory.png"}
 ABOUT = """**Claim.** Self-attention costs O(T²·d): doubling the context quadruples its work.
 
 ```
-groundup lab attention-cost           # T = 64 … 4096, forward + backward, 3 seeds: a few minutes on 1 CPU thread
+groundup lab attention-cost           # T = 64 … 4096, forward + backward, 3 seeds (Setup below: wall time)
 groundup lab attention-cost --quick   # T = 32 … 512, 1 seed
 groundup lab attention-cost --report-from runs/attention-cost/results.json --out DIR
 ```

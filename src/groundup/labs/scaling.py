@@ -455,7 +455,7 @@ and for a fixed budget there is a best split between model size N and data D (Ho
 2022: D ≈ 20·N).
 
 ```
-groundup lab scaling                  # the default grid: 30 runs, ≈ 13 minutes on 2 shared CPU cores
+groundup lab scaling                  # the default grid, one seed per point (Setup below: this run's wall time)
 groundup lab scaling --quick          # 6 tiny runs
 groundup lab scaling --grid "models=2x16,2x32,2x64 steps=200,800" --set corpus=python-docs
 groundup lab scaling --report-from runs/scaling/results.json --out DIR

@@ -30,7 +30,7 @@ by updating weights overwrites old knowledge (catastrophic forgetting). (4) LoRA
 isolate the new knowledge. (5) A targeted edit of one fact ripples into unrelated behaviour.
 
 ```
-groundup lab memory                 # 3 seeds; about 4 minutes per seed on 2 quiet CPU cores
+groundup lab memory                 # 3 seeds (Setup below: this run's wall time)
 groundup lab memory --quick         # 1 seed, tiny models: a minute or two
 groundup lab memory --run runs/shakespeare_char --only forgetting,lora --steps 500
 groundup lab memory --report-from runs/memory/results.json --out DIR
