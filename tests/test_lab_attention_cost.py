@@ -10,6 +10,7 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from groundup.accounting import attention_layer_flops
 from groundup.labs import attention_cost as ac
 from groundup.util.memory import PeakTensorMemory
 
@@ -41,14 +42,16 @@ def test_explicit_attention_memory_grows_quadratically_and_fused_linearly():
     assert next(r for r in rows if r["path"] == "math" and r["T"] == 512)["peak_bytes"] >= 2 * 512 * 512 * 4
 
 
-def test_attention_flops_match_torch_flop_counter():
+@pytest.mark.parametrize("backward", [False, True])
+def test_attention_flops_match_torch_flop_counter(backward):
     T, C = 48, 32
     module = ac._module("math", T, C, 4, "cpu")
+    x = torch.randn(3, T, C, requires_grad=backward)
     with FlopCounterMode(display=False) as counter:
-        module(torch.randn(3, T, C))
-    f = ac.attention_flops(T, C, batch=3, backward=False)
+        ac._one_pass(module, x, backward)
+    f = attention_layer_flops(T, C, batch=3, backward=backward)
     assert counter.get_total_flops() == f["linear"] + f["quadratic"]
-    assert ac.attention_flops(2 * C, C)["linear"] == ac.attention_flops(2 * C, C)["quadratic"]  # the crossover T = 2C
+    assert attention_layer_flops(2 * C, C)["linear"] == attention_layer_flops(2 * C, C)["quadratic"]  # the crossover T = 2C
 
 
 def test_fits_recover_known_exponents_and_the_crossover():

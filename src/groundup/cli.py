@@ -123,7 +123,7 @@ def cmd_train(args) -> int:
         config = read_run_config(args.resume).replace(**dict(parse_override(o) for o in overrides))
         result = train(config, args.resume, resume=True, faults=faults)
     elif args.plan:
-        from groundup.labs.cost import plan_training
+        from groundup.train.plan import plan_training
 
         plan_training(load_config(args.config, overrides))
         return 0
@@ -257,7 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
     lab_sub = lab.add_subparsers(dest="lab", metavar="LAB", required=True)
     for name, (module_name, helptext) in LABS.items():
         _add_module_command(lab_sub, name, module_name, helptext)
-    _add_module_command(sub, "cost", "groundup.labs.cost", "training FLOPs, memory, GPU-hours, dollars and energy")
+    _add_module_command(sub, "cost", "groundup.cost", "training FLOPs, memory, GPU-hours, dollars and energy")
 
     return parser
 

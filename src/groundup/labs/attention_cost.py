@@ -30,19 +30,13 @@ from pathlib import Path
 
 import numpy as np
 
+from groundup.accounting import attention_layer_flops
 from groundup.config import ModelConfig
 from groundup.errors import ConfigError
 
 PATHS = ("math", "sdpa")
 DEFAULT_LENGTHS = (64, 128, 256, 512, 1024, 2048, 4096)
 QUICK_LENGTHS = (32, 64, 128, 256, 512)
-
-
-def attention_flops(T: int, C: int, batch: int = 1, backward: bool = True) -> dict[str, float]:
-    """FLOPs of one attention layer: projections 8·T·C² (linear in T), scores and weighted sum
-    4·T²·C (quadratic), per sequence; ×3 with the backward pass."""
-    factor = 3 if backward else 1
-    return {"linear": factor * batch * 8 * T * C * C, "quadratic": factor * batch * 4 * T * T * C}
 
 
 def _module(path: str, T: int, n_embd: int, n_head: int, device, seed: int = 0):
@@ -158,7 +152,7 @@ def analyse(rows: list[dict], n_embd: int) -> dict:
             "memory_exponent": fit_exponent(T[tail], mem[tail]) if min(mem) > 0 else math.nan,
             "linear_coef": a, "quadratic_coef": b, "crossover_T": a / b if b > 0 else math.inf,
         }
-    result["flops_crossover_T"] = 2 * n_embd  # 8·T·C² = 4·T²·C  ⇔  T = 2C
+    result["flops_crossover_T"] = 2 * n_embd  # 8·T·C² = 4·T²·C  ⇔  T = 2C (accounting.attention_layer_flops)
     longest = max(x["T"] for x in rows)
     at = {x["path"]: x for x in rows if x["T"] == longest}
     result["longest_T"] = longest
@@ -272,7 +266,7 @@ def report(results: dict) -> str:
     scale = lambda x, k: {**x, "mean": x["mean"] * k, "ci95": None if x["ci95"] is None else [v * k for v in x["ci95"]]}  # noqa: E731
     trows = []
     for T, at in sorted(by_path.items()):
-        f = attention_flops(T, cfg["n_embd"], cfg["batch"], cfg["backward"])
+        f = attention_layer_flops(T, cfg["n_embd"], cfg["batch"], cfg["backward"])
         trows.append([T, short(scale(at["math"]["seconds"], 1e3), ".3f"), short(scale(at["sdpa"]["seconds"], 1e3), ".3f"),
                       short(scale(at["math"]["peak_bytes"], 1e-6), ".3f"), short(scale(at["sdpa"]["peak_bytes"], 1e-6), ".3f"),
                       f"{f['quadratic'] / (f['linear'] + f['quadratic']):.0%}"])

@@ -31,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
+from groundup.accounting import training_flops
 from groundup.config import RunConfig, load_config
 from groundup.errors import ConfigError, GroundupError
 from groundup.labs import fit as fits
@@ -175,7 +176,7 @@ def read_point(run_dir: Path) -> dict:
     seconds = float(state.get("elapsed_s", 0.0))
     return {"name": run_dir.name, "n_layer": m.n_layer, "n_embd": m.n_embd, "n_head": m.n_head, "steps": state["step"],
             "learning_rate": config.train.learning_rate, "N": N, "N_total": model.num_params(), "D": D,
-            "C": 6.0 * N * D, "C_full": model.flops_per_token() * D,
+            "C": training_flops(N, D), "C_full": model.flops_per_token() * D,
             "val_loss": evals[-1]["val_loss"], "train_loss": evals[-1]["train_loss"],
             "seconds": seconds, "tokens_per_s": D / seconds if seconds > 0 else None}
 

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from groundup.accounting import training_flops_per_token
 from groundup.config import ModelConfig
 from groundup.errors import ConfigError
 from groundup.model.attention import KVCache
@@ -109,19 +110,15 @@ class GPT(nn.Module):
         return n
 
     def flops_per_token(self, seq_len: int | None = None) -> float:
-        """Training FLOPs per token (forward + backward), PaLM appendix B / nanoGPT:
-
-            6·N + 12·n_layer·T·C
+        """Training FLOPs per token (forward + backward): 6·N + 12·n_layer·T·C, the formula in
+        groundup.accounting.training_flops_per_token (PaLM appendix B / nanoGPT).
 
         N = the weights that multiply activations: every matrix in the blocks plus the LM head's
-        V·C (biases, norm gains and the embedding lookups are not matmuls). The second term is QKᵀ
-        and the weighted sum of V (2·T·C multiply-adds each per layer, forward), ×3 for the backward
-        pass. The causal mask is ignored, as in the usual convention. torch's FlopCounterMode counts
-        exactly this on a real step (tests/test_cost.py)."""
+        V·C (biases, norm gains and the embedding lookups are not matmuls). torch's FlopCounterMode
+        counts exactly this on a real step (tests/test_cost.py)."""
         c = self.config
-        T = seq_len or c.block_size
         n_matmul = sum(p.numel() for p in self.blocks.parameters() if p.dim() == 2) + self.lm_head.weight.numel()
-        return 6 * n_matmul + 12 * c.n_layer * T * c.n_embd
+        return training_flops_per_token(n_matmul, c.n_layer, c.n_embd, seq_len or c.block_size)
 
     def weights(self) -> dict[str, torch.Tensor]:
         """The tensors a checkpoint stores (a tied LM head is the token embedding: stored once)."""

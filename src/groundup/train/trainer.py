@@ -28,6 +28,7 @@ from pathlib import Path
 
 import torch
 
+from groundup.accounting import model_flops_utilization
 from groundup.config import RunConfig
 from groundup.data import BatchSampler, TokenData, prepare_cached
 from groundup.engines.numpy import training as numpy_training
@@ -280,7 +281,7 @@ class _Run:
             record = {"step": step, "loss": result.loss, "lr": fields["lr"], "tokens_per_s": round(tokens_per_s, 1),
                       "time_s": round(now - self.t0 + self.elapsed_before, 3)}
             if self.peak_total:
-                record["mfu"] = fields["mfu"] = self.flops_per_token * tokens_per_s / self.peak_total
+                record["mfu"] = fields["mfu"] = model_flops_utilization(self.flops_per_token * tokens_per_s, self.peak_total)
             self.metrics.log(**record)
             self.bar.update(step - self.bar.n, **fields)
         else:
