@@ -33,6 +33,14 @@ import numpy as np
 from groundup.accounting import attention_layer_flops
 from groundup.config import ModelConfig
 from groundup.errors import ConfigError
+from groundup.labs import harness
+from groundup.labs.harness import lower, setup_line, short, stat, upper
+from groundup.model.attention import CausalSelfAttention
+from groundup.report.markdown import table
+from groundup.report.plots import new_figure, save_figure
+from groundup.util.device import pick_device
+from groundup.util.memory import PeakTensorMemory
+from groundup.util.progress import Progress
 
 PATHS = ("math", "sdpa")
 DEFAULT_LENGTHS = (64, 128, 256, 512, 1024, 2048, 4096)
@@ -41,8 +49,6 @@ QUICK_LENGTHS = (32, 64, 128, 256, 512)
 
 def _module(path: str, T: int, n_embd: int, n_head: int, device, seed: int = 0):
     import torch
-
-    from groundup.model.attention import CausalSelfAttention
 
     config = ModelConfig(vocab_size=1, block_size=T, n_layer=1, n_head=n_head, n_embd=n_embd, attention=path)
     torch.manual_seed(seed)
@@ -71,8 +77,6 @@ def measure_point(path: str, T: int, n_embd: int = 64, n_head: int = 4, batch: i
     """Seconds (the fastest of `repeats`: interference from other work only ever adds time) and
     peak bytes of one attention pass at sequence length T."""
     import torch
-
-    from groundup.util.memory import PeakTensorMemory
 
     device = torch.device(device)
     module = _module(path, T, n_embd, n_head, device, seed)
@@ -124,8 +128,6 @@ def fit_linear_quadratic(T, y) -> tuple[float, float]:
 def measure(lengths=DEFAULT_LENGTHS, n_embd: int = 64, n_head: int = 4, batch: int = 1, repeats: int = 5,
             backward: bool = True, device="cpu", progress: bool = True, seed: int = 0) -> list[dict]:
     """Both paths at every length, interleaved (math, sdpa, math, sdpa, …)."""
-    from groundup.util.progress import Progress
-
     bar = Progress(len(lengths) * len(PATHS), desc="attention cost", unit="point", enabled=progress)
     rows = []
     for T in lengths:
@@ -190,8 +192,6 @@ def verdict(analysis: dict, n_seeds: int) -> str:
     time and memory must grow at least as T^1.8 over the longer half of the lengths (its 95% lower
     bound, or the value with one seed); the fused kernel's memory growing as T (below T^1.2) shows
     the T² memory belongs to the explicit path, not to attention."""
-    from groundup.labs.harness import lower, stat, upper
-
     m, s = analysis["math"], analysis["sdpa"]
     on = "lower 95% bound" if n_seeds > 1 else "single value (1 seed: no interval)"
     quadratic = lower(m["time_exponent"]) > 1.8 and lower(m["memory_exponent"]) > 1.8
@@ -208,8 +208,6 @@ def verdict(analysis: dict, n_seeds: int) -> str:
 
 def plots(results: dict, out: str | Path) -> list[Path]:
     """Time and memory against T for both paths (mean over seeds, bars: 95% CI), from results alone."""
-    from groundup.report.plots import new_figure, save_figure
-
     out, agg, cfg = Path(out), results["aggregate"], results["config"]
     n = len(results["seeds"])
     rows = agg["rows"]
@@ -241,9 +239,6 @@ def plots(results: dict, out: str | Path) -> list[Path]:
 
 def report(results: dict) -> str:
     """report.md, from the results document alone."""
-    from groundup.labs.harness import setup_line, short, stat
-    from groundup.report.markdown import table
-
     agg, cfg = results["aggregate"], results["config"]
     a, n = agg["analysis"], len(results["seeds"])
     m, s = a["math"], a["sdpa"]
@@ -287,9 +282,6 @@ def run_lab(lengths=DEFAULT_LENGTHS, out="runs/attention-cost", n_embd: int = 64
             seeds=(0,), mode: str = "custom") -> dict:
     """Measure both paths at every length once per seed; results.json, plots and report.md into `out`."""
     import sys
-
-    from groundup.labs import harness
-    from groundup.util.device import pick_device
 
     lengths = sorted(set(int(T) for T in lengths))
     if len(lengths) < 3 or min(lengths) < 2:
@@ -343,8 +335,6 @@ def add_arguments(p) -> None:
 
 def run(args) -> int:
     import sys
-
-    from groundup.labs import harness
 
     if args.report_from:
         return harness.report_from(sys.modules[__name__], LAB, args, args.out)

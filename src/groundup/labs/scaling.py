@@ -32,9 +32,19 @@ from pathlib import Path
 import numpy as np
 
 from groundup.accounting import training_flops
-from groundup.config import RunConfig, load_config
+from groundup.config import RunConfig, load_config, parse_override
 from groundup.errors import ConfigError, GroundupError
-from groundup.labs import fit as fits
+from groundup.labs import fit as fits, harness
+from groundup.labs.harness import setup_line
+from groundup.model import GPT
+from groundup.report.markdown import table
+from groundup.report.plots import new_figure, save_figure
+from groundup.train import checkpoint as ckpt
+from groundup.train.distributed import init_distributed, shutdown
+from groundup.train.trainer import load_data, train
+from groundup.util.device import pick_device
+from groundup.util.metrics import read_metrics
+from groundup.util.progress import Progress
 
 # Shared by every grid point. BPE with a small vocabulary (1,024): the token embedding (V·d) of a
 # 16-wide model is then 16k parameters rather than 64k with 4,096, so embeddings don't dwarf the
@@ -109,8 +119,6 @@ def point_config(point: GridPoint, overrides: list[str] = (), checkpoint_every: 
     gives one), the user's --set, then the point's shape. Warmup is 10% of the steps and the cosine
     decays to lr/10 over the whole run, so every token budget D gets a complete schedule (Hoffmann
     et al.: a schedule cut short overstates the loss)."""
-    from groundup.config import parse_override
-
     lr = [] if any(parse_override(o)[0].split(".")[-1] in ("learning_rate", "min_lr") for o in overrides) else \
         [f"learning_rate={learning_rate(point.n_embd)}", f"min_lr={learning_rate(point.n_embd) / 10}"]
     point_fields = {"n_layer": point.n_layer, "n_embd": point.n_embd, "n_head": point.n_head,
@@ -135,9 +143,6 @@ def _differences(stored: RunConfig, wanted: RunConfig) -> list[str]:
 
 def train_point(config: RunConfig, run_dir: Path) -> str:
     """Train one grid point unless it is already done. Returns 'reused', 'resumed' or 'trained'."""
-    from groundup.train import checkpoint as ckpt
-    from groundup.train.trainer import train
-
     state_path = run_dir / ckpt.STATE
     if state_path.exists():
         stored = ckpt.read_run_config(run_dir)
@@ -158,10 +163,6 @@ def train_point(config: RunConfig, run_dir: Path) -> str:
 def read_point(run_dir: Path) -> dict:
     """A finished grid point's numbers, from its run directory alone (config, state, metrics)."""
     import torch
-
-    from groundup.model import GPT
-    from groundup.train import checkpoint as ckpt
-    from groundup.util.metrics import read_metrics
 
     config = ckpt.read_run_config(run_dir)
     state = json.loads((run_dir / ckpt.STATE).read_text())
@@ -192,8 +193,6 @@ def run_grid(points: list[GridPoint], out: Path, overrides: list[str] = (), chec
     order of `points`). `jobs` > 1 trains that many points at once, each in its own process with
     one thread: these models' matmuls are too small to split well across threads, so on a small
     CPU one point per core keeps every core busy."""
-    from groundup.util.progress import Progress
-
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if jobs > 1 and world_size > 1:
         raise ConfigError("--jobs trains several points side by side on one machine; under torchrun every point "
@@ -219,8 +218,6 @@ def run_grid(points: list[GridPoint], out: Path, overrides: list[str] = (), chec
     if jobs > 1:
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor, as_completed
-
-        from groundup.train.trainer import load_data
 
         load_data(configs[points[0]])  # tokenize once, before the workers start
         order = sorted(points, key=_work, reverse=True)
@@ -361,8 +358,6 @@ def _log_axes(ax) -> None:
 def plot_loss_vs_compute(records: list[dict], analysis: dict, path: Path) -> Path:
     from matplotlib.colors import LogNorm
 
-    from groundup.report.plots import new_figure, save_figure
-
     C = np.array([r["C"] for r in records])
     L = np.array([r["val_loss"] for r in records])
     N = np.array([r["N"] for r in records])
@@ -391,8 +386,6 @@ def plot_loss_vs_compute(records: list[dict], analysis: dict, path: Path) -> Pat
 
 
 def plot_loss_vs_params(records: list[dict], analysis: dict, path: Path) -> Path:
-    from groundup.report.plots import new_figure, save_figure
-
     fig, ax = new_figure("Loss vs model size, one curve per token budget D", "non-embedding parameters N",
                          "validation loss (nats/token)", figsize=(8, 4.5))
     _log_axes(ax)
@@ -487,9 +480,6 @@ def plots(results: dict, out: str | os.PathLike) -> list[Path]:
 
 def report(results: dict) -> str:
     """report.md, from the results document alone."""
-    from groundup.labs.harness import setup_line
-    from groundup.report.markdown import table
-
     records, a = measured(results)
     config = results["config"]
     grid, settings = config["grid"], config["settings"]
@@ -539,8 +529,6 @@ def write_outputs(out: Path, grid: str, records: list[dict], analysis: dict, wal
     """results.json on the harness (one seed: the grid's), then report.md and the plots from it."""
     import sys
 
-    from groundup.labs import harness
-
     seed = int(load_config(None, [*BASE_OVERRIDES, *overrides]).train.seed)
     config = {"grid": grid, "settings": [*BASE_OVERRIDES, *overrides], "n_boot": n_boot, "jobs": jobs,
               "seeds_per_point": 1}
@@ -555,9 +543,6 @@ def run_lab(grid: str, out: str | os.PathLike, overrides: list[str] = (), budget
             mode: str = "custom") -> dict | None:
     """Train the grid, fit, plot, report. Returns results.json's content (None on ranks > 0)."""
     import time
-
-    from groundup.train.distributed import init_distributed, shutdown
-    from groundup.util.device import pick_device
 
     start = time.perf_counter()
     out = Path(out)
@@ -600,8 +585,6 @@ def _default_jobs() -> int:
 
 def run(args) -> int:
     import sys
-
-    from groundup.labs import harness
 
     out = args.out or ("runs/scaling-quick" if args.quick else "runs/scaling")
     if args.report_from:

@@ -24,6 +24,7 @@ from groundup.config import RunConfig, load_config
 from groundup.data import BatchSampler, TokenData, load_corpus
 from groundup.data.tokens import prepare_in_cache
 from groundup.model import GPT
+from groundup.sample import load_run
 from groundup.tokenizer import CharTokenizer, Tokenizer
 from groundup.train.engine import TorchEngine, evaluate
 from groundup.train.loop import fit
@@ -158,8 +159,6 @@ def build_base(settings: Settings, out: Path, corpus_a: str | None = "shakespear
     vocabulary that also covers domain B."""
     device = pick_device(settings.device)
     if run is not None:
-        from groundup.sample import load_run
-
         model, tokenizer, config = load_run(run, settings.device)
         corpus_a = corpus_a or config.data.corpus
         text_a = load_corpus(corpus_a, errors=config.data.errors)

@@ -13,9 +13,9 @@ import torch
 
 from groundup.config import ModelConfig, load_config
 from groundup.data import TokenData
-from groundup.train.engine import TorchEngine
 from groundup.labs.memory.common import Base, Settings, weight_hashes
 from groundup.model import GPT
+from groundup.train.engine import TorchEngine
 from groundup.train.loop import fit
 from groundup.train.optim import configure_adamw
 from groundup.train.schedule import lr_at

@@ -10,6 +10,7 @@ import torch
 
 from groundup.errors import ConfigError
 from groundup.labs import harness
+from groundup.labs.memory import report as report_module
 from groundup.labs.memory.common import EXPERIMENTS, Settings, build_base, val_batches
 from groundup.labs.memory.edit import check_fact, targeted_edit
 from groundup.labs.memory.forgetting import forgetting
@@ -118,8 +119,6 @@ def run_lab(settings: Settings, seeds: list[int], out: str | Path = "runs/memory
             progress: bool = True, mode: str = "custom") -> dict:
     """Run the chosen experiments once per seed, aggregate, and write results.json, the plots and
     report.md into `out`. Returns the results document."""
-    from groundup.labs.memory import report as report_module
-
     out = Path(out)
     only = validate(settings, list(only), corpus_b)
     start = time.perf_counter()
