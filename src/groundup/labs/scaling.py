@@ -507,6 +507,10 @@ def report(results: dict) -> str:
                   + ("" if o["inside_grid"] else " **This N lies outside the grid's range of N: an extrapolation of a "
                      "poorly determined fit, not a measurement.**")]
     lines += [f"- Extrapolation: {line}." for line in holdout_lines(a)]
+    missing = [point.name for point in parse_grid(grid) if point.name not in {r["name"] for r in records}]
+    if missing:
+        lines.insert(1, f"\n**Partial grid: {len(records)} of {len(records) + len(missing)} points finished** before the "
+                        f"run was stopped; missing: {', '.join(missing)}. The fits use the finished points only.")
     frontier = set(a["frontier"])
     rows = [[r["name"], f"{r['N']:,}", f"{r['D']:,}", f"{r['C']:.3g}", f"{r['C_full']:.3g}", f"{r['val_loss']:.4f}",
              f"{r['seconds']:.1f}", f"{r['tokens_per_s']:,.0f}" if r["tokens_per_s"] else "", "●" if r["name"] in frontier else ""]
