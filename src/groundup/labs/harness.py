@@ -200,6 +200,10 @@ def setup_line(results: dict) -> str:
     seeds = results["seeds"]
     spread = (f"{len(seeds)} seeds ({', '.join(map(str, seeds))}); ± is the half-width of the {INTERVAL}"
               if len(seeds) > 1 else f"1 seed ({seeds[0]}): no seed-to-seed interval is available")
+    requested = results["config"].get("seeds_requested", seeds)
+    if len(requested) > len(seeds):
+        spread += (f" (**{len(seeds)} of the {len(requested)} seeds requested finished** before the run was stopped; "
+                   f"missing: {', '.join(str(s) for s in requested if s not in seeds)})")
     return (f"Mode: {results['mode']}; {spread}. Wall time {results['wall_seconds']:.0f} s "
             f"({results['environment']['cpus']} CPUs); lab version {results['lab_version']}; "
             f"run {results['date']}.")
