@@ -207,5 +207,6 @@ def test_report_from_a_missing_or_foreign_file_is_a_clear_error(tmp_path):
 def test_cli_bad_input_is_a_clear_error(tmp_path):
     assert_clean_error(run_cli("lab", "memory", "--only", "telepathy", "--out", str(tmp_path)),
                        "unknown experiment", "frozen")
+    assert_clean_error(run_cli("lab", "memory", "--seeds", "0", "--out", str(tmp_path)), "--seeds must be at least 1")
     assert_clean_error(run_cli("lab", "memory", "--run", str(tmp_path / "missing"), "--only", "frozen",
                                "--out", str(tmp_path)), "does not exist")
