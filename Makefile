@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test bench docs clean
 
 install: $(STAMP)
 
@@ -27,6 +27,10 @@ bench: install
 	$(PY) benchmarks/train_throughput.py
 	$(PY) benchmarks/generate.py
 	$(PY) benchmarks/engines.py
+
+# docs/labs/*.md and their plots, regenerated from the committed docs/labs/results/*.json (no training).
+docs: install
+	$(PY) -m groundup.labs.docs
 
 clean:
 	rm -rf $(VENV) runs .cache build src/*.egg-info

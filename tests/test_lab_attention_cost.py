@@ -68,13 +68,32 @@ def test_quick_lab_writes_results_and_plots(tmp_path):
     result = run_cli("lab", "attention-cost", "--quick", "--lengths", "64,128,256,512", "--out", str(out))
     assert result.returncode == 0, result.stderr
     data = json.loads((out / "results.json").read_text())
-    assert len(data["rows"]) == 8
-    a = data["analysis"]
+    assert data["seeds"] == [0]  # --quick: one seed
+    assert len(data["per_seed"][0]["results"]["rows"]) == 8
+    a = data["per_seed"][0]["results"]["analysis"]
     assert all(math.isfinite(a[p]["time_exponent"]) and math.isfinite(a[p]["memory_exponent"]) for p in ac.PATHS)
     assert a["memory_ratio_at_longest"] > 4  # math stores the 512×512 scores per head; sdpa doesn't
+    assert data["aggregate"]["analysis"]["math"]["memory_exponent"]["ci95"] is None  # one seed: no interval
     for name in ("attention_time.png", "attention_memory.png", "report.md"):
         assert (out / name).stat().st_size > 0
     assert "memory" in result.stdout
+    again = run_cli("lab", "attention-cost", "--report-from", str(out / "results.json"), "--out", str(tmp_path / "again"))
+    assert again.returncode == 0, again.stderr
+    assert (tmp_path / "again" / "report.md").read_bytes() == (out / "report.md").read_bytes()
+
+
+def test_the_quadratic_verdict_fails_on_a_linear_cost():
+    from groundup.labs.harness import summarize
+
+    def exponents(time, memory, fused_memory):
+        return {"math": {"time_exponent": summarize(time), "memory_exponent": summarize(memory)},
+                "sdpa": {"time_exponent": summarize(time), "memory_exponent": summarize(fused_memory)}}
+
+    assert ac.verdict(exponents([2.0, 2.1, 2.2], [1.98, 1.98, 1.98], [1.0, 1.0, 1.0]), 3).startswith("Supported")
+    linear = ac.verdict(exponents([1.0, 1.05, 0.98], [1.0, 1.0, 1.0], [1.0, 1.0, 1.0]), 3)
+    assert linear.startswith("NOT supported"), linear
+    # Quadratic on average but too noisy over seeds to clear 1.8 with 95% confidence: not supported either.
+    assert ac.verdict(exponents([1.2, 2.4, 2.6], [1.98, 1.98, 1.98], [1.0, 1.0, 1.0]), 3).startswith("NOT supported")
 
 
 def test_too_few_lengths_is_a_clean_error(capsys):

@@ -160,12 +160,53 @@ def test_cli_runs_the_frozen_experiment_on_a_given_run(tiny_run, tmp_path):
     assert r.returncode == 0, r.stderr
     assert "[frozen] Supported" in r.stdout
     doc = json.loads((out / "results.json").read_text())
-    assert doc["results"]["frozen"]["hashes_equal"] is True and doc["info"]["experiments"] == ["frozen"]
+    assert doc["per_seed"][0]["results"]["frozen"]["hashes_equal"] is True and doc["config"]["experiments"] == ["frozen"]
+    assert doc["seeds"] == [1337] and doc["mode"] == "quick"  # --quick: one seed
+    assert doc["aggregate"]["frozen"]["tokens_generated"] == {"mean": 240.0, "sd": None, "ci95": None, "n": 1}
     assert "Frozen weights" in (out / "report.md").read_text()
+
+
+# Every experiment, two seeds, models too small to learn much: the whole pipeline (seeds → harness →
+# results.json → report) in seconds. The lookup model gets 20 steps, far too few to learn to read the
+# list (it needs ~200): the in-context verdict must then say NOT supported: the probe can fail.
+TINY = Settings.quick(pretrain_steps=30, finetune_steps=20, eval_every=10, eval_iters=2, edit_steps=5, icl_steps=20,
+                      icl_eval=200, n_prompts=2, new_tokens=8, edit_lrs=(1e-3,), edit_lora_lrs=(1e-2,), device="cpu",
+                      n_layer=1, n_embd=32, icl_width=32, batch_size=8)
+
+
+def test_every_experiment_runs_over_seeds_and_the_report_regenerates_from_results(tmp_path):
+    from groundup.labs.memory import report as memory_report
+    from groundup.labs.memory import run_lab
+
+    out = tmp_path / "lab"
+    results = run_lab(TINY, [5, 6], out, progress=False, mode="test")
+    assert results["seeds"] == [5, 6] and len(results["per_seed"]) == 2
+    agg = results["aggregate"]
+    assert agg["forgetting"]["A_increase"]["n"] == 2 and agg["forgetting"]["A_increase"]["ci95"] is not None
+    assert [p["step"]["mean"] for p in agg["forgetting"]["curve"]] == [0, 10, 20]
+    assert agg["frozen"]["hashes_equal"]["all"] is True
+    claims = memory_report.verdicts(results)
+    assert set(claims) == {"frozen", "in-context", "forgetting", "lora", "edit"}
+    assert claims["in-context"].startswith("NOT supported"), claims["in-context"]  # 20 steps: it cannot read the list
+    assert "(95% CI over 2 seeds)" in claims["forgetting"] and "Refuted if" in claims["forgetting"]
+
+    regenerated = tmp_path / "again"
+    r = run_cli("lab", "memory", "--report-from", str(out / "results.json"), "--out", str(regenerated))
+    assert r.returncode == 0, r.stderr
+    assert (regenerated / "report.md").read_bytes() == (out / "report.md").read_bytes()
+    for name in memory_report.PLOTS.values():
+        assert (regenerated / name).stat().st_size > 0  # PNG bytes vary with matplotlib: existence and size only
+
+
+def test_report_from_a_missing_or_foreign_file_is_a_clear_error(tmp_path):
+    assert_clean_error(run_cli("lab", "memory", "--report-from", str(tmp_path / "nope.json")), "does not exist")
+    (tmp_path / "other.json").write_text(json.dumps({"schema": 1, "lab": "scaling"}))
+    assert_clean_error(run_cli("lab", "memory", "--report-from", str(tmp_path / "other.json")), "not a results.json")
 
 
 def test_cli_bad_input_is_a_clear_error(tmp_path):
     assert_clean_error(run_cli("lab", "memory", "--only", "telepathy", "--out", str(tmp_path)),
                        "unknown experiment", "frozen")
+    assert_clean_error(run_cli("lab", "memory", "--seeds", "0", "--out", str(tmp_path)), "--seeds must be at least 1")
     assert_clean_error(run_cli("lab", "memory", "--run", str(tmp_path / "missing"), "--only", "frozen",
                                "--out", str(tmp_path)), "does not exist")

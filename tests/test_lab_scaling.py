@@ -138,22 +138,36 @@ def test_quick_grid_runs_end_to_end_and_measures_a_finite_alpha(tmp_path):
     result = run_cli("lab", "scaling", "--quick", "--out", str(out), "--bootstrap", "20")
     assert result.returncode == 0, result.stderr
     results = json.loads((out / "results.json").read_text())
-    runs, a = results["runs"], results["analysis"]
+    runs, a = scaling.measured(results)
+    assert results["lab"] == "scaling" and results["seeds"] == [1337] and results["config"]["seeds_per_point"] == 1
     assert len(runs) == 6 and {r["status"] for r in runs} == {"trained"}
     alpha = a["power_law"]["alpha"]["value"]
     assert math.isfinite(alpha) and alpha > 0  # more compute, lower loss
     assert all(r["C"] == 6 * r["N"] * r["D"] and r["C_full"] > r["C"] for r in runs)
     assert math.isfinite(a["frontier_holdout"]["prediction"])
-    for name in ("loss_vs_compute.png", "loss_vs_params.png", "report.md"):
+    for name in (*scaling.PLOTS.values(), "report.md"):
         assert (out / name).stat().st_size > 0
     assert "α =" in result.stdout
+    assert "one seed per grid point" in (out / "report.md").read_text()
 
     from groundup.cli import main
 
+    assert main(["lab", "scaling", "--report-from", str(out / "results.json"), "--out", str(tmp_path / "again")]) == 0
+    assert (tmp_path / "again" / "report.md").read_bytes() == (out / "report.md").read_bytes()
     assert main(["lab", "scaling", "--quick", "--out", str(out), "--bootstrap", "5", "--jobs", "1"]) == 0
-    rerun = json.loads((out / "results.json").read_text())
-    assert {r["status"] for r in rerun["runs"]} == {"reused"}
-    assert [r["val_loss"] for r in rerun["runs"]] == [r["val_loss"] for r in runs]
+    rerun_runs, _ = scaling.measured(json.loads((out / "results.json").read_text()))
+    assert {r["status"] for r in rerun_runs} == {"reused"}
+    assert [r["val_loss"] for r in rerun_runs] == [r["val_loss"] for r in runs]
+
+
+def test_the_alpha_verdict_can_fail():
+    def analysis(lo, hi):
+        return {"power_law": {"alpha": {"value": (lo + hi) / 2, "ci95": [lo, hi]}}}
+
+    assert scaling.verdict(analysis(0.06, 0.09)).startswith("supports the claim")
+    assert scaling.verdict(analysis(0.20, 0.30)).startswith("does not match the claim")  # far steeper: refuted
+    assert scaling.verdict(analysis(0.001, 0.01)).startswith("does not match the claim")  # flat: refuted
+    assert scaling.verdict(analysis(0.03, 0.07)).startswith("consistent with the claim but not decisive")
 
 
 def test_bad_grid_is_a_clean_error(tmp_path, capsys):
@@ -161,3 +175,5 @@ def test_bad_grid_is_a_clean_error(tmp_path, capsys):
 
     assert main(["lab", "scaling", "--grid", "models=2x16", "--out", str(tmp_path)]) == 2
     assert "steps=" in capsys.readouterr().err
+    assert main(["lab", "scaling", "--seeds", "3", "--out", str(tmp_path)]) == 2
+    assert "one seed per grid point" in capsys.readouterr().err

@@ -32,9 +32,19 @@ from pathlib import Path
 import numpy as np
 
 from groundup.accounting import training_flops
-from groundup.config import RunConfig, load_config
+from groundup.config import RunConfig, load_config, parse_override
 from groundup.errors import ConfigError, GroundupError
-from groundup.labs import fit as fits
+from groundup.labs import fit as fits, harness
+from groundup.labs.harness import setup_line
+from groundup.model import GPT
+from groundup.report.markdown import table
+from groundup.report.plots import new_figure, save_figure
+from groundup.train import checkpoint as ckpt
+from groundup.train.distributed import init_distributed, shutdown
+from groundup.train.trainer import load_data, train
+from groundup.util.device import pick_device
+from groundup.util.metrics import read_metrics
+from groundup.util.progress import Progress
 
 # Shared by every grid point. BPE with a small vocabulary (1,024): the token embedding (V·d) of a
 # 16-wide model is then 16k parameters rather than 64k with 4,096, so embeddings don't dwarf the
@@ -109,8 +119,6 @@ def point_config(point: GridPoint, overrides: list[str] = (), checkpoint_every: 
     gives one), the user's --set, then the point's shape. Warmup is 10% of the steps and the cosine
     decays to lr/10 over the whole run, so every token budget D gets a complete schedule (Hoffmann
     et al.: a schedule cut short overstates the loss)."""
-    from groundup.config import parse_override
-
     lr = [] if any(parse_override(o)[0].split(".")[-1] in ("learning_rate", "min_lr") for o in overrides) else \
         [f"learning_rate={learning_rate(point.n_embd)}", f"min_lr={learning_rate(point.n_embd) / 10}"]
     point_fields = {"n_layer": point.n_layer, "n_embd": point.n_embd, "n_head": point.n_head,
@@ -135,9 +143,6 @@ def _differences(stored: RunConfig, wanted: RunConfig) -> list[str]:
 
 def train_point(config: RunConfig, run_dir: Path) -> str:
     """Train one grid point unless it is already done. Returns 'reused', 'resumed' or 'trained'."""
-    from groundup.train import checkpoint as ckpt
-    from groundup.train.trainer import train
-
     state_path = run_dir / ckpt.STATE
     if state_path.exists():
         stored = ckpt.read_run_config(run_dir)
@@ -158,10 +163,6 @@ def train_point(config: RunConfig, run_dir: Path) -> str:
 def read_point(run_dir: Path) -> dict:
     """A finished grid point's numbers, from its run directory alone (config, state, metrics)."""
     import torch
-
-    from groundup.model import GPT
-    from groundup.train import checkpoint as ckpt
-    from groundup.util.metrics import read_metrics
 
     config = ckpt.read_run_config(run_dir)
     state = json.loads((run_dir / ckpt.STATE).read_text())
@@ -192,8 +193,6 @@ def run_grid(points: list[GridPoint], out: Path, overrides: list[str] = (), chec
     order of `points`). `jobs` > 1 trains that many points at once, each in its own process with
     one thread: these models' matmuls are too small to split well across threads, so on a small
     CPU one point per core keeps every core busy."""
-    from groundup.util.progress import Progress
-
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if jobs > 1 and world_size > 1:
         raise ConfigError("--jobs trains several points side by side on one machine; under torchrun every point "
@@ -219,8 +218,6 @@ def run_grid(points: list[GridPoint], out: Path, overrides: list[str] = (), chec
     if jobs > 1:
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor, as_completed
-
-        from groundup.train.trainer import load_data
 
         load_data(configs[points[0]])  # tokenize once, before the workers start
         order = sorted(points, key=_work, reverse=True)
@@ -361,8 +358,6 @@ def _log_axes(ax) -> None:
 def plot_loss_vs_compute(records: list[dict], analysis: dict, path: Path) -> Path:
     from matplotlib.colors import LogNorm
 
-    from groundup.report.plots import new_figure, save_figure
-
     C = np.array([r["C"] for r in records])
     L = np.array([r["val_loss"] for r in records])
     N = np.array([r["N"] for r in records])
@@ -391,8 +386,6 @@ def plot_loss_vs_compute(records: list[dict], analysis: dict, path: Path) -> Pat
 
 
 def plot_loss_vs_params(records: list[dict], analysis: dict, path: Path) -> Path:
-    from groundup.report.plots import new_figure, save_figure
-
     fig, ax = new_figure("Loss vs model size, one curve per token budget D", "non-embedding parameters N",
                          "validation loss (nats/token)", figsize=(8, 4.5))
     _log_axes(ax)
@@ -445,25 +438,61 @@ def holdout_lines(a: dict) -> list[str]:
     return lines
 
 
-def write_outputs(out: Path, grid: str, records: list[dict], analysis: dict, wall_s: float, overrides: list[str] = ()) -> dict:
-    from groundup.report.markdown import table, write_report
-    from groundup.util.files import atomic_write_json
+LAB = "scaling"
+VERSION = 2  # 2: results.json on the lab harness, report and plots regenerated from it
+PLOTS = {"loss_vs_compute": "scaling_loss_vs_compute.png", "loss_vs_params": "scaling_loss_vs_params.png"}
 
-    plot_loss_vs_compute(records, analysis, out / "loss_vs_compute.png")
-    plot_loss_vs_params(records, analysis, out / "loss_vs_params.png")
-    settings = [*BASE_OVERRIDES, *overrides]
-    results = {"grid": grid, "settings": settings, "runs": records, "analysis": analysis, "wall_s": wall_s}
-    atomic_write_json(out / "results.json", results)
 
-    a = analysis
+ABOUT = """**Claim.** Language-model loss falls as a smooth power law of training compute, L ∝ C^-α with α
+small (Kaplan et al. 2020: α_C ≈ 0.050), so every 10× of compute buys a fixed fraction of the loss;
+and for a fixed budget there is a best split between model size N and data D (Hoffmann et al.
+2022: D ≈ 20·N).
+
+```
+groundup lab scaling                  # the default grid, one seed per point (Setup below: this run's wall time)
+groundup lab scaling --quick          # 6 tiny runs
+groundup lab scaling --grid "models=2x16,2x32,2x64 steps=200,800" --set corpus=python-docs
+groundup lab scaling --report-from runs/scaling/results.json --out DIR
+```
+
+Every grid point is an ordinary training run (resumable; a finished point is never retrained).
+The fits (groundup.labs.fit, NumPy only): L(C) = a·C^-α by least squares in log-log on the compute
+frontier (the runs that beat every cheaper run); L(N, D) = E + A/N^α + B/D^β on every run (Huber
+loss on log L, BFGS), and from it the compute-optimal N and D at a budget; bootstrap resamples of
+the runs give every fitted figure a 95% percentile interval; the largest run, and the largest
+frontier run, are held out and predicted from the rest.
+"""
+
+
+def measured(results: dict) -> tuple[list[dict], dict]:
+    """(runs, analysis) of a results document: one seed per grid point, so the first seed's."""
+    data = results["per_seed"][0]["results"]
+    return data["runs"], data["analysis"]
+
+
+def plots(results: dict, out: str | os.PathLike) -> list[Path]:
+    """Both plots the report shows, into `out`, from the results document alone."""
+    records, analysis = measured(results)
+    out = Path(out)
+    return [plot_loss_vs_compute(records, analysis, out / PLOTS["loss_vs_compute"]),
+            plot_loss_vs_params(records, analysis, out / PLOTS["loss_vs_params"])]
+
+
+def report(results: dict) -> str:
+    """report.md, from the results document alone."""
+    records, a = measured(results)
+    config = results["config"]
+    grid, settings = config["grid"], config["settings"]
     p = a["power_law"]
-    lines = [f"{a['n_runs']} runs spanning {a['N_decades']:.2f} decades of N and {a['D_decades']:.2f} of D "
-             f"({wall_s:.0f} s of wall time for this invocation).",
+    lines = [f"{a['n_runs']} runs spanning {a['N_decades']:.2f} decades of N and {a['D_decades']:.2f} of D, "
+             f"**one seed per grid point** (seed {results['seeds'][0]}): the intervals below are bootstrap intervals "
+             "over runs, not over seeds; seeds per grid point are the next step.",
              "",
-             f"- Frontier fit L = a·C^-α: **α = {_fmt_ci(p['alpha'])}** (95% bootstrap interval over runs); "
-             f"each 10× of compute multiplies the loss by {p['loss_ratio_per_decade']:.3f}.",
+             f"- Frontier fit L = a·C^-α: **α = {_fmt_ci(p['alpha'])}** (95% bootstrap interval over runs, "
+             f"{config['n_boot']} resamples); each 10× of compute multiplies the loss by {p['loss_ratio_per_decade']:.3f}.",
              f"- Counting the LM head and attention FLOPs too (C_full): α = {_fmt_ci(a['power_law_full_flops']['alpha'])}.",
-             f"- Claim 'α is 0.05–0.1': {verdict(a)}."]
+             f"- Claim 'α is 0.05–0.1' (Kaplan et al. 2020 measure α_C ≈ 0.050): {verdict(a)}. It would have been "
+             "refuted by a 95% interval lying wholly outside 0.05–0.1."]
     if "power_law_with_floor" in a:
         fl = a["power_law_with_floor"]
         lines.append(f"- With a floor, L = E + a·C^-α: E = {fl['E']:.3f}, a = {fl['a']:.3g}, α = {fl['alpha']:.3f}.")
@@ -473,32 +502,51 @@ def write_outputs(out: Path, grid: str, records: list[dict], analysis: dict, wal
         lines += [f"- L(N, D) = E + A/N^α + B/D^β: E = {_fmt_ci(c['E'])}, A = {_fmt_ci(c['A'], '.3g')}, "
                   f"α = {_fmt_ci(c['alpha'])}, B = {_fmt_ci(c['B'], '.3g')}, β = {_fmt_ci(c['beta'])}.",
                   f"- Compute-optimal at C = {o['budget']:.3g} FLOPs: N = {_fmt_ci(o['N'], '.3g')}, D = {_fmt_ci(o['D'], '.3g')}, "
-                  f"**{_fmt_ci(o['tokens_per_param'], '.3g')} tokens per parameter** (Chinchilla: ≈ 20); "
+                  f"**{_fmt_ci(o['tokens_per_param'], '.3g')} tokens per parameter** (Hoffmann et al. 2022: ≈ 20); "
                   f"N_opt ∝ C^{o['N_exponent']:.2f}."
                   + ("" if o["inside_grid"] else " **This N lies outside the grid's range of N: an extrapolation of a "
                      "poorly determined fit, not a measurement.**")]
     lines += [f"- Extrapolation: {line}." for line in holdout_lines(a)]
+    missing = [point.name for point in parse_grid(grid) if point.name not in {r["name"] for r in records}]
+    if missing:
+        lines.insert(1, f"\n**Partial grid: {len(records)} of {len(records) + len(missing)} points finished** before the "
+                        f"run was stopped; missing: {', '.join(missing)}. The fits use the finished points only.")
     frontier = set(a["frontier"])
     rows = [[r["name"], f"{r['N']:,}", f"{r['D']:,}", f"{r['C']:.3g}", f"{r['C_full']:.3g}", f"{r['val_loss']:.4f}",
              f"{r['seconds']:.1f}", f"{r['tokens_per_s']:,.0f}" if r["tokens_per_s"] else "", "●" if r["name"] in frontier else ""]
             for r in sorted(records, key=lambda r: r["C"])]
-    write_report(out / "report.md", "Scaling lab", [
-        ("Result", "\n".join(lines)),
-        ("Plots", "![loss vs compute](loss_vs_compute.png)\n\n![loss vs N](loss_vs_params.png)"),
-        ("Runs", table(["run", "N", "D", "C = 6ND", "C_full", "val loss", "seconds", "tokens/s", "frontier"], rows)),
-        ("Settings", f"grid `{grid}`; shared settings: `{' '.join(settings)}`; learning rate 1e-2·min(1, √(32/width)) "
-                     "unless set; warmup 10% of steps, cosine to lr/10 over each run. See docs/labs/scaling.md for what this grid can and cannot show."),
+    return "\n".join([
+        "# Scaling lab\n", ABOUT,
+        "## Result\n", "\n".join(lines) + "\n",
+        "## Plots\n", f"![loss vs compute]({PLOTS['loss_vs_compute']})\n\n![loss vs N]({PLOTS['loss_vs_params']})\n",
+        "## Runs\n", table(["run", "N", "D", "C = 6ND", "C_full", "val loss", "seconds", "tokens/s", "frontier"], rows) + "\n",
+        "## Setup\n",
+        setup_line(results) + f" {config['jobs']} grid point(s) trained at once.\n",
+        f"Grid `{grid}`; shared settings: `{' '.join(settings)}`; learning rate 1e-2·min(1, √(32/width)) unless set; "
+        "warmup 10% of steps, cosine to lr/10 over each run. N = non-embedding parameters, D = training tokens, "
+        "C = 6·N·D (Kaplan et al. 2020).\n",
     ])
+
+
+def write_outputs(out: Path, grid: str, records: list[dict], analysis: dict, wall_s: float, overrides: list[str] = (),
+                  n_boot: int = 200, jobs: int = 1, mode: str = "custom") -> dict:
+    """results.json on the harness (one seed: the grid's), then report.md and the plots from it."""
+    import sys
+
+    seed = int(load_config(None, [*BASE_OVERRIDES, *overrides]).train.seed)
+    config = {"grid": grid, "settings": [*BASE_OVERRIDES, *overrides], "n_boot": n_boot, "jobs": jobs,
+              "seeds_per_point": 1}
+    per_seed = [{"seed": seed, "seconds": wall_s, "results": {"runs": records, "analysis": analysis}}]
+    results = harness.make_results(LAB, VERSION, config, per_seed, mode, wall_s)
+    harness.write_outputs(sys.modules[__name__], results, out)
     return results
 
 
 def run_lab(grid: str, out: str | os.PathLike, overrides: list[str] = (), budget: float | None = None,
-            n_boot: int = 200, checkpoint_every: int = 250, progress: bool = True, jobs: int = 1) -> dict | None:
+            n_boot: int = 200, checkpoint_every: int = 250, progress: bool = True, jobs: int = 1,
+            mode: str = "custom") -> dict | None:
     """Train the grid, fit, plot, report. Returns results.json's content (None on ranks > 0)."""
     import time
-
-    from groundup.train.distributed import init_distributed, shutdown
-    from groundup.util.device import pick_device
 
     start = time.perf_counter()
     out = Path(out)
@@ -512,7 +560,7 @@ def run_lab(grid: str, out: str | os.PathLike, overrides: list[str] = (), budget
     if not info.is_main:
         return None
     analysis = analyse(records, budget, n_boot)
-    return write_outputs(out, grid, records, analysis, time.perf_counter() - start, list(overrides))
+    return write_outputs(out, grid, records, analysis, time.perf_counter() - start, list(overrides), n_boot, jobs, mode)
 
 
 # ---- CLI ---------------------------------------------------------------------------------------
@@ -521,6 +569,9 @@ def add_arguments(p) -> None:
     p.add_argument("--grid", help=f"models (LAYERSxWIDTH[xHEADS]) and step counts; default {DEFAULT_GRID!r}")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a setting for every grid point, e.g. corpus=python-docs")
     p.add_argument("--out", help="where the grid's runs and the results go (default runs/scaling, or runs/scaling-quick)")
+    p.add_argument("--report-from", metavar="RESULTS_JSON",
+                   help="regenerate report.md and the plots from this results.json into --out, without training")
+    p.add_argument("--seeds", type=int, default=1, help="seeds per grid point: only 1 for now (the default)")
     p.add_argument("--budget", type=float, help="compute budget (FLOPs) for the compute-optimal N and D (default: the largest run's C)")
     p.add_argument("--jobs", type=int,
                    help="grid points trained at once, one process and one thread each (default: 2 on a CPU with ≥ 2 cores, "
@@ -537,8 +588,14 @@ def _default_jobs() -> int:
 
 
 def run(args) -> int:
-    grid = args.grid or (QUICK_GRID if args.quick else DEFAULT_GRID)
+    import sys
+
     out = args.out or ("runs/scaling-quick" if args.quick else "runs/scaling")
+    if args.report_from:
+        return harness.report_from(sys.modules[__name__], LAB, args, out)
+    if args.seeds != 1:
+        raise ConfigError(f"--seeds {args.seeds}: the scaling lab runs one seed per grid point for now; drop --seeds")
+    grid = args.grid or (QUICK_GRID if args.quick else DEFAULT_GRID)
     n_boot = args.bootstrap if args.bootstrap is not None else (50 if args.quick else 200)
     if n_boot < 0:
         raise ConfigError("--bootstrap must be ≥ 0")
@@ -546,10 +603,12 @@ def run(args) -> int:
         raise ConfigError(f"--jobs must be at least 1, got {args.jobs}")
     jobs = args.jobs or _default_jobs()
     overrides = [*(QUICK_OVERRIDES if args.quick else []), *(args.set or [])]
-    results = run_lab(grid, out, overrides, args.budget, n_boot, checkpoint_every=0 if args.quick else 250, jobs=jobs)
+    mode = "quick" if args.quick else ("default" if not (args.grid or args.set or args.budget or args.bootstrap) else "custom")
+    results = run_lab(grid, out, overrides, args.budget, n_boot, checkpoint_every=0 if args.quick else 250, jobs=jobs,
+                      mode=mode)
     if results is None:
         return 0
-    a = results["analysis"]
+    _, a = measured(results)
     print(f"α = {_fmt_ci(a['power_law']['alpha'])} (frontier of {len(a['frontier'])} runs; 95% bootstrap interval)")
     print(f"claim 'α is 0.05–0.1': {verdict(a)}")
     if "compute_optimal" in a:
@@ -559,6 +618,6 @@ def run(args) -> int:
               + ("" if o["inside_grid"] else "; outside the grid's N range, so not to be trusted"))
     for line in holdout_lines(a):
         print(line)
-    print(f"wrote {out}/results.json, report.md, loss_vs_compute.png, loss_vs_params.png")
+    print(f"wrote {out}/results.json, report.md, {', '.join(PLOTS.values())}")
     return 0
 

@@ -1,0 +1,53 @@
+"""docs/labs/<lab>.md and their plots, regenerated from the committed results files.
+
+    python -m groundup.labs.docs            # what `make docs` runs
+    python -m groundup.labs.docs --out DIR  # into another directory (the test compares the two)
+
+Each page is the lab's report(results) under a header line naming its source; nothing on it is
+typed by hand. A lab whose docs/labs/results/<lab>.json is missing is skipped (and said so).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+from pathlib import Path
+
+from groundup.labs import harness
+
+# lab name → (module with report() and plots(), page name under docs/labs/)
+LABS = {
+    "memory": ("groundup.labs.memory.report", "memory.md"),
+    "scaling": ("groundup.labs.scaling", "scaling.md"),
+    "attention-cost": ("groundup.labs.attention_cost", "attention-cost.md"),
+}
+DOCS = Path("docs/labs")
+
+
+def regenerate_docs(results_dir: Path = DOCS / "results", out: Path = DOCS, labs=tuple(LABS)) -> list[Path]:
+    """Every lab's page and plots from results_dir/<lab>.json into `out`. Returns the pages written."""
+    written = []
+    for lab in labs:
+        module_name, page = LABS[lab]
+        source = Path(results_dir) / f"{lab}.json"
+        if not source.exists():
+            print(f"skipped {lab}: no {source}")
+            continue
+        results = harness.load_results(source, lab)
+        header = harness.doc_header(f"docs/labs/results/{lab}.json", lab)
+        written.append(harness.regenerate(importlib.import_module(module_name), results, out, page, header))
+    return written
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description="Regenerate docs/labs from the committed results files.")
+    parser.add_argument("--results", default=str(DOCS / "results"), help="where the <lab>.json results files are")
+    parser.add_argument("--out", default=str(DOCS), help="where the pages and plots go (default docs/labs)")
+    args = parser.parse_args(argv)
+    for path in regenerate_docs(Path(args.results), Path(args.out)):
+        print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
