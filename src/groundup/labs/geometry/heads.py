@@ -32,6 +32,7 @@ THRESHOLDS = {"induction": 0.3, "previous-token": 0.4, "sink": 0.5}  # a head is
 KINDS = tuple(THRESHOLDS)
 
 
+@torch.no_grad()
 def attention_weights(module, x: torch.Tensor) -> torch.Tensor:
     """softmax(Q Kᵀ / √d_k + causal mask) of a CausalSelfAttention on input x (B, T, C), positions
     0 … T−1: (B, n_head, T, T)."""
@@ -79,7 +80,8 @@ def induction_score(A: torch.Tensor, L: int) -> np.ndarray:
     """On L tokens repeated twice: mean over batch and t ∈ [L, 2L) of A[t, t−L+1]."""
     if A.shape[-1] < 2 * L:
         raise ValueError(f"the induction score needs 2L = {2 * L} positions, the attention has {A.shape[-1]}")
-    return A.diagonal(offset=-(L - 1), dim1=-2, dim2=-1)[..., L - 1 : 2 * L - 1].mean(dim=(0, -1)).double().numpy()
+    # diagonal(offset=−(L−1))[i] = A[i + L − 1, i]; t ∈ [L, 2L) is i = t − L + 1 ∈ [1, L]
+    return A.diagonal(offset=-(L - 1), dim1=-2, dim2=-1)[..., 1 : L + 1].mean(dim=(0, -1)).double().numpy()
 
 
 def uniform_attention(T: int) -> torch.Tensor:

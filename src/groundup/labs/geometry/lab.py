@@ -39,9 +39,9 @@ class Settings:
     head_heads: int = 4
     head_embd: int = 64
     head_block: int = 64
-    head_batch: int = 32
-    head_steps: int = 1500
-    head_lr: float = 2e-3
+    head_batch: int = 16
+    head_steps: int = 600
+    head_lr: float = 3e-3
     head_checkpoints: int = 5  # scores measured at step 0 and this many times during training
     head_eval_sequences: int = 32
     # 3. embeddings: a BPE Shakespeare model (configs/shakespeare_bpe.toml, smaller vocabulary and model)
@@ -50,16 +50,17 @@ class Settings:
     emb_heads: int = 4
     emb_embd: int = 64
     emb_block: int = 64
-    emb_batch: int = 32
-    emb_steps: int = 1000
-    emb_lr: float = 2e-3
+    emb_batch: int = 16
+    emb_steps: int = 300
+    emb_lr: float = 3e-3
     min_count: int = 20  # tokens seen fewer times in the training split are left out of the usage measures
     eval_batches: int = 8
 
     @classmethod
     def quick(cls, **changes) -> "Settings":
-        small = dict(head_embd=32, head_batch=16, head_steps=60, head_checkpoints=2, head_eval_sequences=8,
-                     emb_embd=32, emb_batch=16, emb_steps=40, eval_batches=2, pe_positions=256, pe_max_offset=64)
+        small = dict(head_embd=32, head_batch=16, head_steps=30, head_checkpoints=2, head_eval_sequences=8,
+                     bpe_vocab=300, emb_embd=32, emb_batch=16, emb_steps=30, eval_batches=2, pe_positions=256,
+                     pe_max_offset=64)
         return cls(**{**small, **changes})
 
 
@@ -99,8 +100,8 @@ def heads_experiment(s: Settings, seed: int) -> dict:
     L = s.head_block // 2
     text_x, _ = BatchSampler(data.val, s.head_block, s.head_eval_sequences, seed=seed, split="val").batch(0)
     text = torch.from_numpy(text_x)
-    chars = [i for i in range(data.tokenizer.vocab_size) if i not in data.tokenizer.special_tokens.values()]
-    repeated = heads.repeated_random_tokens(chars, L, s.head_eval_sequences, seed)
+    letters = [i for i in range(data.tokenizer.vocab_size) if data.tokenizer.decode([i]).isalpha()]
+    repeated = heads.repeated_random_tokens(letters, L, s.head_eval_sequences, seed)  # random letters, twice
     checkpoints = []
 
     def measure(step: int, model) -> None:
@@ -144,26 +145,30 @@ def run_seed(s: Settings, seed: int) -> dict:
             "heads": heads_experiment(s, seed), "embeddings": embeddings_experiment(s, seed)}
 
 
-def split_detail(per_seed: list[dict]) -> list[dict]:
-    """Move each seed's per-head scores, neighbour lists and projection out of what the harness
-    aggregates (head k of one seed is not head k of another) into their own list."""
-    detail = []
+def make_results(settings: Settings, per_seed: list[dict], mode: str, wall_seconds: float) -> dict:
+    """results.json: each seed's per-head scores, neighbour lists and projection go to "detail", out
+    of what the harness aggregates (head k of one seed is not head k of another)."""
+    detail, plain = [], []
     for r in per_seed:
-        detail.append({"seed": r["seed"], **{part: r["results"][part].pop("detail")
-                                              for part in ("heads", "embeddings")}})
-    return detail
+        parts = {part: {k: v for k, v in r["results"][part].items() if k != "detail"} for part in r["results"]}
+        plain.append({**r, "results": parts})
+        detail.append({"seed": r["seed"], **{part: r["results"][part]["detail"] for part in ("heads", "embeddings")}})
+    config = {**asdict(settings), "thresholds": heads.THRESHOLDS}
+    return harness.make_results(LAB, VERSION, config, plain, mode, wall_seconds, {"detail": detail})
 
 
 def run_lab(settings: Settings, seeds: list[int], out: str | Path, mode: str = "default", say=print) -> dict:
-    """Every seed, then results.json, report.md and the plots in `out`."""
+    """Every seed, then results.json, report.md and the plots in `out` (rewritten after each seed, so
+    a run stopped early keeps the seeds it finished)."""
     start = time.perf_counter()
-    per_seed = harness.run_seeds(lambda seed: run_seed(settings, seed), seeds, say)
-    detail = split_detail(per_seed)
-    config = {**asdict(settings), "thresholds": heads.THRESHOLDS}
-    results = harness.make_results(LAB, VERSION, config, per_seed, mode, time.perf_counter() - start,
-                                   {"detail": detail})
-    harness.write_outputs(report, results, out)
-    return results
+
+    def write(done: list[dict]) -> dict:
+        results = make_results(settings, done, mode, time.perf_counter() - start)
+        harness.write_outputs(report, results, out)
+        return results
+
+    per_seed = harness.run_seeds(lambda seed: run_seed(settings, seed), seeds, say, after_each=write)
+    return write(per_seed)
 
 
 # ---- the command line -----------------------------------------------------------------------------

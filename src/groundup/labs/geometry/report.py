@@ -93,7 +93,7 @@ applied at every pos and k; the control is a random N(0, 0.02²) table (a learne
 for which M_k is fitted by least squares (T − k > C, so a fit is not automatic). Heads: a character model
 (shakespeare, rotary positions) trained through groundup.train.loop.fit; attention weights recomputed from
 each attention module's projection, softmax(QKᵀ/√d_k + mask), the arithmetic of its "math" path.
-Previous-token and sink scores on validation text, the induction score on L random characters repeated
+Previous-token and sink scores on validation text, the induction score on L random letters (a–z, A–Z) repeated
 twice (t in the second copy → t − L + 1). Embeddings: a byte-level BPE model of Shakespeare, its tied
 token-embedding matrix, tokens seen at least `min_count` times in the training split.
 """
