@@ -145,7 +145,7 @@ def run_seed(s: Settings, seed: int) -> dict:
             "heads": heads_experiment(s, seed), "embeddings": embeddings_experiment(s, seed)}
 
 
-def make_results(settings: Settings, per_seed: list[dict], mode: str, wall_seconds: float) -> dict:
+def make_results(settings: Settings, seeds: list[int], per_seed: list[dict], mode: str, wall_seconds: float) -> dict:
     """results.json: each seed's per-head scores, neighbour lists and projection go to "detail", out
     of what the harness aggregates (head k of one seed is not head k of another)."""
     detail, plain = [], []
@@ -153,7 +153,7 @@ def make_results(settings: Settings, per_seed: list[dict], mode: str, wall_secon
         parts = {part: {k: v for k, v in r["results"][part].items() if k != "detail"} for part in r["results"]}
         plain.append({**r, "results": parts})
         detail.append({"seed": r["seed"], **{part: r["results"][part]["detail"] for part in ("heads", "embeddings")}})
-    config = {**asdict(settings), "thresholds": heads.THRESHOLDS}
+    config = {**asdict(settings), "thresholds": heads.THRESHOLDS, "seeds_requested": seeds}
     return harness.make_results(LAB, VERSION, config, plain, mode, wall_seconds, {"detail": detail})
 
 
@@ -163,7 +163,7 @@ def run_lab(settings: Settings, seeds: list[int], out: str | Path, mode: str = "
     start = time.perf_counter()
 
     def write(done: list[dict]) -> dict:
-        results = make_results(settings, done, mode, time.perf_counter() - start)
+        results = make_results(settings, seeds, done, mode, time.perf_counter() - start)
         harness.write_outputs(report, results, out)
         return results
 
