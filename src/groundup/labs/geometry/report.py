@@ -134,6 +134,7 @@ def report(results: dict) -> str:
                       short(hd['final'][k]['mean']), f"{short(hd['final'][k]['count'], '.2f')} ("
                       + ", ".join(short(c, '.2f') for c in hd['final'][k]['count_by_layer']) + ")"]
                      for k in ("previous-token", "induction", "sink")]), "",
+              _formation_note(results), "",
               "Scores over training (best head of each kind; mean over seeds ± 95% interval):", "",
               table(["step"] + [f"best {k}" for k in ("previous-token", "induction", "sink")],
                     [[step] + [short(c[k]["max"]) for k in ("previous-token", "induction", "sink")]
@@ -159,6 +160,18 @@ def report(results: dict) -> str:
                      for x in results["detail"][0]["embeddings"]["neighbours"]]), "",
               f"![PCA of the embeddings]({PLOTS['pca']})", ""]
     return "\n".join(lines)
+
+
+def _formation_note(results: dict) -> str:
+    """Which kinds formed in no seed: said plainly, with how long the models trained."""
+    steps = results["config"]["head_steps"]
+    missing = [k for k in ("previous-token", "induction", "sink")
+               if all(r["results"]["heads"]["final"][k]["count"] == 0 for r in results["per_seed"])]
+    if not missing:
+        return f"Every kind formed in at least one seed within {steps} steps."
+    return (f"No {' and no '.join(missing)} head formed in any seed within {steps} training steps (scores at the "
+            "uniform-attention chance level). Whether one forms with longer training is not measured by this run; "
+            "`--head-steps N` trains longer.")
 
 
 def _head_table(checkpoint: dict) -> str:
