@@ -40,7 +40,7 @@ class Settings:
     head_embd: int = 64
     head_block: int = 64
     head_batch: int = 16
-    head_steps: int = 600
+    head_steps: int = 2000
     head_lr: float = 3e-3
     head_checkpoints: int = 5  # scores measured at step 0 and this many times during training
     head_eval_sequences: int = 32
@@ -51,7 +51,7 @@ class Settings:
     emb_embd: int = 64
     emb_block: int = 64
     emb_batch: int = 16
-    emb_steps: int = 300
+    emb_steps: int = 1000
     emb_lr: float = 3e-3
     min_count: int = 20  # tokens seen fewer times in the training split are left out of the usage measures
     eval_batches: int = 8

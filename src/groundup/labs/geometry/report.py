@@ -169,9 +169,10 @@ def _formation_note(results: dict) -> str:
                if all(r["results"]["heads"]["final"][k]["count"] == 0 for r in results["per_seed"])]
     if not missing:
         return f"Every kind formed in at least one seed within {steps} steps."
-    return (f"No {' and no '.join(missing)} head formed in any seed within {steps} training steps (scores at the "
-            "uniform-attention chance level). Whether one forms with longer training is not measured by this run; "
-            "`--head-steps N` trains longer.")
+    final, chance = results["aggregate"]["heads"]["final"], results["per_seed"][0]["results"]["heads"]["chance"]
+    best = "; ".join(f"best {k} head {short(final[k]['max'])} against chance {chance[k]:.3f}" for k in missing)
+    return (f"No {' and no '.join(missing)} head formed in any seed within {steps} training steps ({best}). "
+            "Whether one forms with longer training is not measured by this run; `--head-steps N` trains longer.")
 
 
 def _head_table(checkpoint: dict) -> str:
