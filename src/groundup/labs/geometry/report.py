@@ -224,7 +224,7 @@ def plots(results: dict, out: str | Path) -> list[Path]:
     for seed_detail in results["detail"]:
         s = seed_detail["heads"]["checkpoints"][-1]["scores"]
         for l in range(len(s["induction"])):
-            ax.scatter(s["previous-token"][l], s["induction"][l], marker="os^vD"[l % 5], alpha=0.7,
+            ax.scatter(s["previous-token"][l], s["induction"][l], marker="os^vD"[l % 5], color=f"C{l}", alpha=0.7,
                        label=f"layer {l}" if seed_detail is results["detail"][0] else None)
     ax.scatter([chance["previous-token"]], [chance["induction"]], marker="x", color="black", s=60, label="uniform attention")
     ax.axvline(th["previous-token"], color="gray", ls="--", lw=0.8)
