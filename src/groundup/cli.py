@@ -168,6 +168,7 @@ LABS = {
     "memory": ("groundup.labs.memory", "frozen weights, in-context learning, forgetting, LoRA, targeted edits"),
     "scaling": ("groundup.labs.scaling", "train a grid of models and fit loss = a·C^-α"),
     "attention-cost": ("groundup.labs.attention_cost", "time and memory of attention against sequence length"),
+    "geometry": ("groundup.labs.geometry", "sinusoidal positions as rotations, attention head kinds, embedding neighbours"),
 }
 
 
