@@ -20,6 +20,7 @@ LABS = {
     "memory": ("groundup.labs.memory.report", "memory.md"),
     "scaling": ("groundup.labs.scaling", "scaling.md"),
     "attention-cost": ("groundup.labs.attention_cost", "attention-cost.md"),
+    "geometry": ("groundup.labs.geometry.report", "geometry.md"),
 }
 DOCS = Path("docs/labs")
 

@@ -10,15 +10,14 @@ import os
 from pathlib import Path
 
 from groundup.errors import GroundupError
+from groundup.sample import load_run, store_for_decoding
+from groundup.serve.api import create_app
 
 API_KEY_ENV = "GROUNDUP_API_KEY"
 
 
 def build_app(run_dir, api_key: str | None = None, device: str = "auto", **options):
     """The app for a run directory (what `groundup serve` runs; tests start it in a thread)."""
-    from groundup.sample import load_run, store_for_decoding
-    from groundup.serve.api import create_app
-
     if not Path(run_dir).is_dir():
         raise GroundupError(f"--run {run_dir}: no such run directory; train one with `groundup train --out {run_dir}`")
     model, tokenizer, _ = load_run(run_dir, device)

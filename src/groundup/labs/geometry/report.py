@@ -8,6 +8,7 @@ import numpy as np
 
 from groundup.labs.harness import lower, setup_line, short, stat, upper
 from groundup.report.markdown import table
+from groundup.report.plots import new_figure, save_figure
 
 PLOTS = {"dot": "geometry_pe_dot.png", "spread": "geometry_pe_spread.png", "training": "geometry_heads_training.png",
          "heads": "geometry_heads_final.png", "pca": "geometry_embeddings_pca.png"}
@@ -183,8 +184,6 @@ def _head_table(checkpoint: dict) -> str:
 
 
 def plots(results: dict, out: str | Path) -> list[Path]:
-    from groundup.report.plots import new_figure, save_figure
-
     out, agg, n = Path(out), results["aggregate"], len(results["seeds"])
     pos, hd = agg["positions"], agg["heads"]
     note = f"mean of {n} seeds" if n > 1 else "1 seed"
