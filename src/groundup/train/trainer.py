@@ -89,10 +89,13 @@ def fixed_batches(tokens, config: RunConfig, seed: int, device, n: int) -> list:
 
 
 class StopSignal:
-    """SIGINT/SIGTERM set a flag; the loop finishes its step, saves, and exits cleanly."""
+    """SIGINT/SIGTERM set a flag; the loop finishes its step, saves, and exits cleanly. A second one
+    stops at once (KeyboardInterrupt: the CLI exits 130)."""
 
-    def __init__(self):
+    def __init__(self, announce: bool = True):
         self.received: str | None = None
+        self.interrupted = False  # a second signal came
+        self.announce = announce
         self._old = {}
 
     def __enter__(self):
@@ -105,8 +108,12 @@ class StopSignal:
 
     def _handle(self, signum, frame):
         if self.received:  # a second Ctrl-C: stop now
+            self.interrupted = True
             raise KeyboardInterrupt
         self.received = signal.Signals(signum).name
+        if self.announce:
+            print(f"\n{self.received} received: finishing this step, then saving; send it again to stop at once",
+                  file=sys.stderr, flush=True)
 
     def __exit__(self, *exc):
         for sig, old in self._old.items():
@@ -132,8 +139,16 @@ def train(config: RunConfig, run_dir: str | Path, resume: bool = False, progress
                               "or choose another --out")
     info, device = init_distributed(pick_device(t.device) if t.engine == "torch" else torch.device("cpu"))
     try:
-        with StopSignal() as stop:
-            return _train(config, run_dir, resume, progress, info, device, faults, stop)
+        with StopSignal(announce=info.is_main) as stop:
+            try:
+                return _train(config, run_dir, resume, progress, info, device, faults, stop)
+            except Exception:
+                # The KeyboardInterrupt can land inside a C extension that turns it into its own error
+                # (matplotlib's Agg backend, imported for the loss plot, reports "ImportError:
+                # initialization failed"): it is still the user stopping the run.
+                if stop.interrupted:
+                    raise KeyboardInterrupt from None
+                raise
     finally:
         shutdown(info)
 
