@@ -407,6 +407,28 @@ def test_inspect_attention_is_the_models(server, run_dir):
     assert [t["prob"] for t in top] == pytest.approx(torch.topk(probs[3], 10).values.tolist(), abs=1e-5)
 
 
+def test_inspect_labels_heads_by_the_geometry_labs_scores(server, run_dir):
+    """Head types on the page are the geometry lab's measurement of this model, not a guess."""
+    import dataclasses
+
+    from groundup.labs.geometry import heads
+    from groundup.model import GPT
+
+    model, tokenizer, _ = load_run(run_dir, "cpu")
+    d = httpx.post(server[0] + "/api/inspect", json={"ids": tokenizer.encode("ROMEO:")}, timeout=30).json()
+    math_model = GPT(dataclasses.replace(model.config, attention="math"))
+    math_model.load_state_dict(model.state_dict())
+    c = model.config
+    repeated = heads.repeated_random_tokens([i for i in range(c.vocab_size) if i != tokenizer.eot_id],
+                                            min(32, c.block_size // 2), 8, seed=0)
+    with torch.no_grad():
+        expected = heads.head_scores(math_model, repeated, repeated)
+    for kind in heads.KINDS:
+        assert np.allclose(d["head_scores"][kind], expected[kind], atol=1e-5)
+    assert d["head_kinds"] == heads.classify(d["head_scores"])
+    assert len(d["head_kinds"]) == c.n_layer and all(len(layer) == c.n_head for layer in d["head_kinds"])
+
+
 def test_positions_dot_product_depends_on_offset_only(server):
     d = httpx.get(server[0] + "/api/positions", timeout=30).json()
     pe = np.array(d["table"])

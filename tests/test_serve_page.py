@@ -71,6 +71,7 @@ def test_page_generates_and_draws_the_attention_the_api_returns(run_dir):
             for layer in range(inspection["n_layer"]):
                 canvas = canvases.nth(layer)
                 weights = json.loads(canvas.get_attribute("data-weights"))
+                assert json.loads(canvas.get_attribute("data-kinds")) == inspection["head_kinds"][layer]
                 expected = [head[position][: position + 1] for head in inspection["attention"][layer]]
                 assert len(weights) == inspection["n_head"] and len(weights[0]) == position + 1
                 assert sum(weights, []) == pytest.approx(sum(expected, []), abs=1e-6)

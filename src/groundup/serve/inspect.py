@@ -15,10 +15,12 @@ import threading
 import torch
 
 from groundup.errors import GroundupError
+from groundup.labs.geometry import heads
 from groundup.model import GPT
 from groundup.model.positional import sinusoidal_table
 
 TOP = 10  # next-token candidates per position
+HEAD_PROBE_SEQUENCES = 8  # random sequences, each repeated twice, on which the heads are scored
 PCA_TOKENS = 2000  # at most this many tokens in the embedding projection (the first ids)
 
 
@@ -30,6 +32,7 @@ class Inspector:
         self.math_model.load_state_dict(model.state_dict(), assign=True)  # the same tensors, not copies
         self.math_model.to(model.token_embedding.weight.device).eval()
         self.lock = threading.Lock()  # the hooks collect into one list: one inspection at a time
+        self._head_kinds = None
 
     def piece(self, i: int) -> str:
         return self.tokenizer.token_bytes(i).decode("utf-8", errors="replace")
@@ -64,7 +67,24 @@ class Inspector:
                     for ps, is_ in zip(top_p, top_i)],
             "attention": attention.tolist(),  # [layer][head][query t][key s], zero for s > t
             "n_layer": attention.shape[0], "n_head": attention.shape[1],
+            **self.head_kinds(),
         }
+
+    def head_kinds(self) -> dict:
+        """Each head's previous-token, induction and first-token (sink) scores, measured as the
+        geometry lab measures them (groundup.labs.geometry.heads) on random token sequences repeated
+        twice, and the kinds whose thresholds they reach. Measured once per server."""
+        if self._head_kinds is None:
+            c = self.math_model.config
+            vocab = [i for i in range(c.vocab_size) if i != self.tokenizer.eot_id]
+            L = min(32, c.block_size // 2)
+            repeated = heads.repeated_random_tokens(vocab, L, HEAD_PROBE_SEQUENCES, seed=0)
+            repeated = repeated.to(self.math_model.lm_head.weight.device)
+            with self.lock, torch.inference_mode():
+                scores = heads.head_scores(self.math_model, repeated, repeated)
+            self._head_kinds = {"head_scores": scores, "head_kinds": heads.classify(scores),
+                                "head_thresholds": dict(heads.THRESHOLDS)}
+        return self._head_kinds
 
     def positions(self) -> dict:
         """The sinusoid table PE (block_size, C) and PE(p)·PE(q) as a function of the offset p − q

@@ -132,7 +132,8 @@ async function select(position) {
 function drawAttention(ins, t) {
   const box = $("attention");
   box.textContent = "";
-  const n = t + 1, label = 40, top = 30;
+  const n = t + 1, label = 92, top = 30;
+  const short = { "previous-token": "prev", "induction": "induct", "sink": "sink" };
   const cell = Math.max(6, Math.min(22, Math.floor(640 / n))), rowH = 16;
   ins.attention.forEach((layer, l) => {
     const canvas = document.createElement("canvas");
@@ -142,6 +143,7 @@ function drawAttention(ins, t) {
     canvas.dataset.left = label; canvas.dataset.top = top; canvas.dataset.rowHeight = rowH;
     const rows = layer.map((head) => head[t].slice(0, n));  // head's attention row t over 0..t
     canvas.dataset.weights = JSON.stringify(rows);
+    canvas.dataset.kinds = JSON.stringify(ins.head_kinds[l]);  // measured head types (geometry lab's scores)
     const g = canvas.getContext("2d");
     g.fillStyle = "#fff"; g.fillRect(0, 0, canvas.width, canvas.height);
     g.fillStyle = "#000"; g.font = "11px sans-serif";
@@ -152,7 +154,11 @@ function drawAttention(ins, t) {
       g.font = "11px sans-serif";
     }
     rows.forEach((row, h) => {
-      g.fillStyle = "#000"; g.fillText(`h${h}`, 4, top + h * rowH + 12);
+      // its measured type, or (below every threshold) its strongest score in parentheses
+      const kinds = ins.head_kinds[l][h].map((k) => short[k] || k).join(",");
+      const best = Object.keys(short).reduce((a, b) => (ins.head_scores[b][l][h] > ins.head_scores[a][l][h] ? b : a));
+      const text = kinds ? `h${h} ${kinds}` : `h${h} (${short[best]} ${ins.head_scores[best][l][h].toFixed(2)})`;
+      g.fillStyle = "#000"; g.fillText(text, 4, top + h * rowH + 12);
       row.forEach((w, s) => {
         const [r, gg, b] = heat(w);
         g.fillStyle = `rgb(${r},${gg},${b})`;
