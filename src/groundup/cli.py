@@ -176,9 +176,15 @@ def _run_module(args) -> int:
     return int(args.module.run(args) or 0)
 
 
-def _add_module_command(sub, name: str, module_name: str, helptext: str) -> None:
+def _add_module_command(sub, name: str, module_name: str, helptext: str, load: bool = True) -> None:
+    """Register a lab (or the calculator). Its module — torch, matplotlib and all — is imported only
+    when its command is the one being run (`load`); otherwise it is listed by name for --help, so
+    `groundup tokenizer …` does not pay for every lab's imports."""
     import importlib
 
+    if not load:
+        sub.add_parser(name, help=helptext)
+        return
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as e:
@@ -191,7 +197,10 @@ def _add_module_command(sub, name: str, module_name: str, helptext: str) -> None
 
 
 # ---- the parser -----------------------------------------------------------------------------
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The whole command line; `argv` (the arguments to be parsed, if known) says which lab modules
+    need importing: only the one being run."""
+    words = [a for a in argv if not a.startswith("-")] if argv is not None else None
     parser = argparse.ArgumentParser(prog="groundup", description="Language models from first principles.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
@@ -279,14 +288,16 @@ def build_parser() -> argparse.ArgumentParser:
     lab = sub.add_parser("lab", help="experiments that turn claims about LLMs into measurements")
     lab_sub = lab.add_subparsers(dest="lab", metavar="LAB", required=True)
     for name, (module_name, helptext) in LABS.items():
-        _add_module_command(lab_sub, name, module_name, helptext)
-    _add_module_command(sub, "cost", "groundup.cost", "training FLOPs, memory, GPU-hours, dollars and energy")
+        _add_module_command(lab_sub, name, module_name, helptext, load=words is None or words[:2] == ["lab", name])
+    _add_module_command(sub, "cost", "groundup.cost", "training FLOPs, memory, GPU-hours, dollars and energy",
+                        load=words is None or words[:1] == ["cost"])
 
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser(argv)
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
