@@ -40,6 +40,22 @@ def test_python_docs_is_a_different_domain():
     assert "def" in docs.text and "THESEUS" not in docs.text
 
 
+def test_python_stdlib_is_the_interpreters_own_source_without_its_tests():
+    import sysconfig
+    from pathlib import Path
+
+    from groundup.data.corpora import python_stdlib_files
+
+    root = Path(sysconfig.get_paths()["stdlib"])
+    files = python_stdlib_files()
+    corpus = load_corpus("python-stdlib")
+    assert len(corpus.documents) == len(files) and corpus.documents[0] == files[0].read_text(encoding="utf-8")
+    assert files == sorted(files) and root / "json" / "decoder.py" in files  # a module of this Python
+    assert not any({"test", "tests", "idle_test", "site-packages"} & set(f.relative_to(root).parts) for f in files)
+    assert len(corpus.text) > 5_000_000  # ~12 MB on CPython 3.11: a hundred times the python-docs topics' share
+    assert "def " in corpus.text and "import " in corpus.text
+
+
 def test_txt_file_and_folder(tmp_path):
     (tmp_path / "b.txt").write_text("second")
     (tmp_path / "sub").mkdir()
@@ -60,7 +76,7 @@ def test_non_utf8_file_names_the_file_and_offers_replace(tmp_path):
 @pytest.mark.parametrize(
     "setup, spec, message",
     [
-        (lambda p: None, "shakspeare", "unknown corpus 'shakspeare'.*known corpora: shakespeare, python-docs"),
+        (lambda p: None, "shakspeare", "unknown corpus 'shakspeare'.*known corpora: shakespeare, python-docs, python-stdlib"),
         (lambda p: None, "{tmp}/missing.txt", "no such file"),
         (lambda p: (p / "empty.txt").write_text("  \n"), "{tmp}/empty.txt", "is empty"),
         (lambda p: (p / "d").mkdir(), "{tmp}/d", "contains no .txt files"),

@@ -207,7 +207,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     tok = sub.add_parser("tokenizer", help="train, encode and decode with a tokenizer")
     tok_sub = tok.add_subparsers(dest="action", metavar="ACTION", required=True)
     t = tok_sub.add_parser("train", help="learn a byte-level BPE (or char) vocabulary from a corpus")
-    t.add_argument("--corpus", default="shakespeare", help="shakespeare, python-docs, a .txt file or a folder of them")
+    t.add_argument("--corpus", default="shakespeare", help="shakespeare, python-docs, python-stdlib, a .txt file or a folder of them")
     t.add_argument("--vocab-size", type=int, default=4096, help="total vocabulary incl. 256 bytes and specials")
     t.add_argument("--type", choices=["bpe", "char"], default="bpe")
     t.add_argument("--pattern", default="cl100k", help="pre-tokenizer regex: gpt2, cl100k, or a regex")

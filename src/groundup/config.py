@@ -97,7 +97,7 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    corpus: str = "shakespeare"  # shakespeare | python-docs | path to .txt file or folder
+    corpus: str = "shakespeare"  # shakespeare | python-docs | python-stdlib | path to .txt file or folder
     tokenizer: str = "char"  # char | bpe (trained on the corpus, cached) | path to a tokenizer file
     bpe_vocab_size: int = 4096  # with tokenizer = "bpe"
     pattern: str = "cl100k"  # pre-tokenizer for bpe / .tiktoken files
