@@ -7,7 +7,7 @@
         guard (guards.py): loss or ‖g‖ non-finite → skip the update; repeated NaNs, a spike or
             divergence → roll back to the last good checkpoint; too many rollbacks → stop
         clip the global gradient norm;  AdamW step;  zero the gradients
-      and around it (_RunHooks):
+      and around it (_Run, the loop's hooks):
         every log_interval: metrics.jsonl + progress bar (loss, lr, tokens/s, MFU)
         every eval_interval: loss on fixed train and val batches
         every checkpoint_interval: atomic checkpoint (weights, optimizer, RNG, sampler position)
@@ -38,7 +38,7 @@ from groundup.model import GPT
 from groundup.report.plots import plot_loss_curves
 from groundup.train import checkpoint as ckpt
 from groundup.train.distributed import DistInfo, barrier, init_distributed, shutdown, weights_in_sync
-from groundup.train.engine import build_engine, evaluate  # noqa: F401 (evaluate: re-exported)
+from groundup.train.engine import build_engine
 from groundup.train.guards import FaultInjector, Guard, parse_faults
 from groundup.train.loop import Hooks, fit
 from groundup.train.schedule import lr_at
@@ -166,29 +166,9 @@ def _describe(engine, config: RunConfig, device, info: DistInfo, tokens_per_step
             + (f", autocast {amp}" if amp else "") + f"; {tokens_per_step:,} tokens/step")
 
 
-class _RunHooks(Hooks):
-    """What `groundup train` does around each step of the loop: guards and rollbacks, metrics and the
-    progress bar, evaluation, checkpoints, the time budget, signals and injected faults."""
-
-    def __init__(self, run: "_Run"):
-        self.run = run
-        self.corrupt = lambda loss: loss
-
-    def should_stop(self) -> bool:
-        return bool(self.run.stop.received)
-
-    def before_step(self, step: int) -> None:
-        self.corrupt = self.run.injector.loss_fault(step + 1, self.run.config.train.spike_factor)
-
-    def check(self, step: int, loss: float, grad_norm: float):
-        return self.run.guard.check(step, loss, grad_norm)
-
-    def after_step(self, step: int, result: StepResult) -> int | None:
-        return self.run.after_step(step, result)
-
-
-class _Run:
-    """One `groundup train` run: the state the hooks share (engine, data, guard, metrics, clock)."""
+class _Run(Hooks):
+    """One `groundup train` run and what it does around each step of the loop: guards and rollbacks,
+    metrics and the progress bar, evaluation, checkpoints, the time budget, signals and injected faults."""
 
     def __init__(self, config, run_dir, engine, sampler, data, info, device, faults, stop, progress):
         t, m = config.train, config.model
@@ -209,6 +189,16 @@ class _Run:
         self.last_eval_step = -1
         self.progress = progress
         self.device = device
+        self.corrupt = lambda loss: loss  # this step's injected loss fault (identity when none)
+
+    def should_stop(self) -> bool:
+        return bool(self.stop.received)
+
+    def before_step(self, step: int) -> None:
+        self.corrupt = self.injector.loss_fault(step + 1, self.config.train.spike_factor)
+
+    def check(self, step: int, loss: float, grad_norm: float):
+        return self.guard.check(step, loss, grad_norm)
 
     def warn(self, message: str) -> None:
         if self.info.is_main:
@@ -380,10 +370,9 @@ def _train(config: RunConfig, run_dir: Path, resume: bool, progress: bool, info:
         run.save(0, 0.0)  # step 0: a rollback target, and `--resume` works from the first moment
     if engine.name == "torch":
         engine.model.train()
-    hooks = _RunHooks(run)
-    loss = (lambda model, batch: hooks.corrupt(model(*batch)[1])) if faults else None
+    loss = (lambda model, batch: run.corrupt(model(*batch)[1])) if faults else None
     fit(engine, lambda: engine.batch(*sampler.next_batch()), t.max_steps, lr=run.lr, grad_clip=t.grad_clip,
-        loss=loss, n_micro=t.grad_accum_steps, start=run.step, hooks=hooks)
+        loss=loss, n_micro=t.grad_accum_steps, start=run.step, hooks=run)
     step = run.step
     if stop.received and run.stopped_by == "max_steps" and step < t.max_steps:
         run.stopped_by = "signal"
