@@ -1,6 +1,7 @@
 """Small configs that train in seconds, for tests."""
 
 from groundup.config import load_config
+from groundup.util.metrics import read_metrics
 
 TINY = [
     "n_layer=2", "n_head=2", "n_embd=32", "block_size=32", "batch_size=4", "max_steps=20", "eval_interval=10",
@@ -33,3 +34,8 @@ def count_kernel_calls(monkeypatch=None) -> dict[str, int]:
         else:
             function.apply = counted
     return counts
+
+
+def events(run_dir, kind: str) -> list[dict]:
+    """The run's logged events of one kind ("skip", "rollback", "stopped") from its metrics.jsonl."""
+    return [r for r in read_metrics(run_dir / "metrics.jsonl") if r.get("event") == kind]

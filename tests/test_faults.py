@@ -33,7 +33,7 @@ from groundup.train.trainer import train
 from groundup.util.metrics import read_metrics
 
 from conftest import REPO, run_cli
-from helpers import TINY, tiny_config
+from helpers import TINY, events, tiny_config
 
 # 40 steps, a checkpoint every 5, dropout on (so the RNG state must survive too), one thread
 # (deterministic, and fast when other processes share the cores).
@@ -237,10 +237,6 @@ def _restore_threads():
     torch.set_num_threads(threads)
 
 
-def _events(run_dir: Path, kind: str) -> list[dict]:
-    return [r for r in read_metrics(run_dir / "metrics.jsonl") if r.get("event") == kind]
-
-
 @pytest.fixture(scope="module")
 def five_and_six_steps(tmp_path_factory):
     root = tmp_path_factory.mktemp("steps")
@@ -260,14 +256,14 @@ def test_a_non_finite_step_leaves_weights_and_adam_moments_untouched(tmp_path, k
         assert all(torch.equal(poisoned[k], before[k]) for k in before), name
         assert not all(torch.equal(after[k], before[k]) for k in before), name  # a real step does change them
     assert json.loads((tmp_path / "bad" / "state.json").read_text())["optimizer_step"] == 5
-    [skip] = _events(tmp_path / "bad", "skip")
+    [skip] = events(tmp_path / "bad", "skip")
     assert skip["step"] == 6 and f"non-finite loss {kind}" in skip["reason"]
     assert bad.stopped_by == "max_steps" and bad.rollbacks == 0
 
 
 def test_consecutive_non_finite_steps_roll_back_and_lower_the_learning_rate(tmp_path, capsys):
     result = train(tiny_config(*GUARDED), tmp_path / "r", progress=True, faults=["nan@13-15"])
-    [rollback] = _events(tmp_path / "r", "rollback")
+    [rollback] = events(tmp_path / "r", "rollback")
     assert (rollback["from_step"], rollback["step"], rollback["lr_scale"]) == (15, 10, 0.5)
     assert "3 non-finite steps in a row" in rollback["reason"]
     err = capsys.readouterr()
@@ -284,7 +280,7 @@ def test_consecutive_non_finite_steps_roll_back_and_lower_the_learning_rate(tmp_
 
 def test_a_loss_spike_rolls_back_without_replaying_the_batches_that_caused_it(tmp_path):
     result = train(tiny_config(*GUARDED), tmp_path / "r", progress=False, faults=["spike@25"])
-    [rollback] = _events(tmp_path / "r", "rollback")
+    [rollback] = events(tmp_path / "r", "rollback")
     assert (rollback["from_step"], rollback["step"]) == (25, 20) and "loss spike at step 25" in rollback["reason"]
     assert result.step == 40 and result.stopped_by == "max_steps"
     state = json.loads((tmp_path / "r" / "state.json").read_text())
@@ -299,7 +295,7 @@ def test_rollbacks_are_capped_then_training_stops_with_a_report(tmp_path, capsys
     assert code == cli.EXIT_DIVERGED == 3
     assert "error: training diverged: loss spike at step 15" in err and "Rolled back 2 time(s)" in err
     assert "checkpoints/step_00000010" in err and "--resume" in err and "Traceback" not in err
-    assert len(_events(tmp_path / "r", "rollback")) == 2 and len(_events(tmp_path / "r", "stopped")) == 1
+    assert len(events(tmp_path / "r", "rollback")) == 2 and len(events(tmp_path / "r", "stopped")) == 1
     directory, state = ckpt.find_checkpoint(tmp_path / "r")  # the last good checkpoint is intact
     assert directory.name == "step_00000010" and state["step"] == 10
 
@@ -310,7 +306,7 @@ def test_a_genuinely_divergent_learning_rate_is_rolled_back_or_stopped(tmp_path)
     recovers — or, with too few rollbacks left, stops with a report and the last good weights."""
     common = [*GUARDED, "min_lr=1", "grad_clip=0", "warmup_steps=0", "lr_backoff=0.1"]
     recovered = train(tiny_config(*common, "learning_rate=100"), tmp_path / "a", progress=False)
-    assert recovered.rollbacks >= 1 and "loss" in _events(tmp_path / "a", "rollback")[0]["reason"]
+    assert recovered.rollbacks >= 1 and "loss" in events(tmp_path / "a", "rollback")[0]["reason"]
     assert all(torch.isfinite(w).all() for w in recovered.model.weights().values())
     if recovered.stopped_by == "max_steps":
         assert recovered.val_loss < math.log(76)  # better than guessing: it really recovered
@@ -399,5 +395,5 @@ def test_ddp_ranks_take_the_same_skip_and_rollback_decisions(tmp_path):
                        capture_output=True, text=True, env=env, timeout=300)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "weights identical on all 2 ranks" in r.stdout
-    assert [e["step"] for e in _events(tmp_path / "ddp", "skip")] == [6]
-    assert [(e["from_step"], e["step"]) for e in _events(tmp_path / "ddp", "rollback")] == [(14, 12)]
+    assert [e["step"] for e in events(tmp_path / "ddp", "skip")] == [6]
+    assert [(e["from_step"], e["step"]) for e in events(tmp_path / "ddp", "rollback")] == [(14, 12)]

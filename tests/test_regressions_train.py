@@ -33,7 +33,7 @@ from groundup.train.trainer import train
 from groundup.util.metrics import read_metrics
 
 from conftest import REPO
-from helpers import TINY, tiny_config
+from helpers import TINY, events, tiny_config
 
 SMALL = ["n_layer=1", "lr_decay_steps=40"]
 TORCHRUN = shutil.which("torchrun", path=os.path.dirname(sys.executable))
@@ -44,10 +44,6 @@ def _restore_threads():
     threads = torch.get_num_threads()
     yield
     torch.set_num_threads(threads)
-
-
-def _events(run_dir: Path, kind: str) -> list[dict]:
-    return [r for r in read_metrics(run_dir / "metrics.jsonl") if r.get("event") == kind]
 
 
 # ---- every checkpoint file's checksum is verified on resume -------------------------------------
@@ -143,7 +139,7 @@ def test_a_loss_above_the_ceiling_before_any_spike_average_rolls_back(tmp_path):
     first), so only the ceiling spike_factor · ln V can catch it: roll back to step 0."""
     result = train(tiny_config(*SMALL, "max_steps=6", "checkpoint_interval=0"), tmp_path / "r", progress=False,
                    faults=["spike@3"])
-    [rollback] = _events(tmp_path / "r", "rollback")
+    [rollback] = events(tmp_path / "r", "rollback")
     assert (rollback["from_step"], rollback["step"]) == (3, 0)
     assert "far worse than uniform guessing" in rollback["reason"]
     assert result.rollbacks == 1 and result.step == 6
