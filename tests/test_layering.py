@@ -16,7 +16,7 @@ LAYERS = [
     {"__main__"},
     {"cli"},
     {"serve", "demo"},
-    {"labs", "cost"},
+    {"labs", "cost", "distill"},
     {"sample", "interop"},
     {"train"},
     {"engines"},
