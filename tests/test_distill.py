@@ -21,6 +21,7 @@ from groundup.config import ModelConfig, load_config
 from groundup.model import GPT
 from groundup.sample import SamplingSettings, generate, load_run, prompt_ids
 from groundup.train import checkpoint as ckpt
+from groundup.train import trainer
 from groundup.train.distill import distill_loss, distillation_loss
 from groundup.train.engine import TorchEngine
 from groundup.train.loop import fit
@@ -241,6 +242,15 @@ def test_sequence_level_trains_on_the_teachers_samples(teacher_run, tmp_path, mo
         return real_train(config, run_dir, **kwargs)
 
     monkeypatch.setattr(distill_cmd, "train", spy)
+    trained_on = []  # what the trainer's training sampler really draws from
+
+    class Sampler(trainer.BatchSampler):
+        def __init__(self, tokens, *args, split="train", **kwargs):
+            super().__init__(tokens, *args, split=split, **kwargs)
+            if split == "train":
+                trained_on.append(tokens)
+
+    monkeypatch.setattr(trainer, "BatchSampler", Sampler)
     config = load_config(None, STUDENT)
     result = distill_cmd.distill_run(teacher_run, config, tmp_path / "seq", sequence_level=True, samples=3,
                                      sample_seed=11, progress=False)
@@ -252,6 +262,7 @@ def test_sequence_level_trains_on_the_teachers_samples(teacher_run, tmp_path, mo
     for i in range(3):  # sample i: the start token and block_size tokens drawn with seed 11 + i
         expected += start + list(generate(model, start, SamplingSettings(max_new_tokens=32, temperature=1.0, seed=11 + i)))
     assert seen["data"].train.tolist() == expected
+    assert len(trained_on) == 1 and trained_on[0].tolist() == expected
     np.testing.assert_array_equal(seen["data"].val, distill_cmd.load_data(result.config).val)  # val: the corpus
     recipe = json.loads((tmp_path / "seq" / distill_cmd.RECIPE).read_text())
     assert (recipe["sequence_level"], recipe["samples"], recipe["sample_seed"], recipe["temperature"]) == (True, 3, 11, None)
