@@ -291,7 +291,7 @@ def test_bad_inputs_get_one_clear_line(teacher_run, tmp_path, capsys):
     assert "temperature" in _cli_error(capsys, "--teacher", str(teacher_run), *common, "--temperature", "-1", "--out", out)
     assert "alpha" in _cli_error(capsys, "--teacher", str(teacher_run), *common, "--alpha", "1.5", "--out", out)
     assert "alpha" in _cli_error(capsys, "--teacher", str(teacher_run), *common, "--alpha", "-0.1", "--out", out)
-    assert "does not exist" in _cli_error(capsys, "--teacher", str(tmp_path / "nope"), *common, "--out", out)
+    assert "teacher: run directory" in _cli_error(capsys, "--teacher", str(tmp_path / "nope"), *common, "--out", out)
     err = _cli_error(capsys, "--teacher", str(teacher_run), *common, "--set", "vocab_size=100", "--out", out)
     assert "100" in err and str(ckpt.read_run_config(teacher_run).model.vocab_size) in err
     corpus = tmp_path / "small.txt"
@@ -302,6 +302,9 @@ def test_bad_inputs_get_one_clear_line(teacher_run, tmp_path, capsys):
                                           "--temperature", "2", "--out", out)
     assert "--samples" in _cli_error(capsys, "--teacher", str(teacher_run), *common, "--sequence-level",
                                      "--samples", "0", "--out", out)
+    assert "block_size 64 is longer than the teacher's context 32" in _cli_error(
+        capsys, "--teacher", str(teacher_run), *common, "--set", "block_size=64", "--out", out)
+    assert "torch engine" in _cli_error(capsys, "--teacher", str(teacher_run), *common, "--set", "engine=numpy", "--out", out)
     existing = tmp_path / "exists"
     existing.mkdir()
     assert "already exists" in _cli_error(capsys, "--teacher", str(teacher_run), *common, "--out", str(existing))
@@ -316,5 +319,5 @@ def test_corrupt_teacher_is_refused_by_the_cli(teacher_run, tmp_path):
         weights.unlink()  # (hard links: write a new file, never through the shared inode)
         weights.write_bytes(b"not safetensors")
     result = run_cli("distill", "--teacher", str(broken), *_sets(STUDENT), "--out", str(tmp_path / "s"))
-    assert_clean_error(result, "no usable checkpoint", str(broken))
+    assert_clean_error(result, "teacher: no usable checkpoint", str(broken))
     assert not (tmp_path / "s").exists()

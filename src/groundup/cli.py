@@ -150,7 +150,8 @@ def cmd_distill(args) -> int:
                                           ("--reverse", args.reverse or None)) if value is not None]
         if given:
             raise GroundupError(f"--sequence-level trains with plain cross-entropy on the teacher's samples; "
-                                f"{', '.join(given)} apply to token-level distillation only: drop them")
+                                f"{', '.join(given)} {'apply' if len(given) > 1 else 'applies'} to token-level "
+                                f"distillation only: drop {'them' if len(given) > 1 else 'it'}")
     elif args.samples is not None or args.sample_seed is not None:
         raise GroundupError("--samples and --sample-seed go with --sequence-level")
     config = load_config(args.config, overrides)

@@ -60,8 +60,11 @@ def load_teacher(run_dir: str | Path, device: str = "auto") -> Teacher:
     """The newest good checkpoint of a run, frozen (eval mode, no gradients). A missing or corrupt
     run raises CheckpointError naming the file."""
     run_dir = Path(run_dir)
-    _, state = ckpt.find_checkpoint(run_dir)  # the checkpoint load_run reads: verified, with its checksum
-    model, tokenizer, config = load_run(run_dir, device)
+    try:
+        _, state = ckpt.find_checkpoint(run_dir)  # the checkpoint load_run reads: verified, with its checksum
+        model, tokenizer, config = load_run(run_dir, device)
+    except GroundupError as e:
+        raise type(e)(f"teacher: {e}") from None
     return Teacher(run_dir, freeze(model), tokenizer, config, state["step"], state["files"][ckpt.WEIGHTS])
 
 
