@@ -266,6 +266,11 @@ def test_sequence_level_trains_on_the_teachers_samples(teacher_run, tmp_path, mo
     np.testing.assert_array_equal(seen["data"].val, distill_cmd.load_data(result.config).val)  # val: the corpus
     recipe = json.loads((tmp_path / "seq" / distill_cmd.RECIPE).read_text())
     assert (recipe["sequence_level"], recipe["samples"], recipe["sample_seed"], recipe["temperature"]) == (True, 3, 11, None)
+    stored = np.fromfile(tmp_path / "seq" / distill_cmd.SAMPLES, dtype=recipe["samples_dtype"])
+    assert stored.tolist() == expected  # kept with the run, so a resumed run trains on the same samples
+    trained_on.clear()
+    assert distill_cmd.resume_distill(tmp_path / "seq", {"max_steps": 10}, progress=False).step == 10
+    assert len(trained_on) == 1 and trained_on[0].tolist() == expected
 
 
 def test_reverse_is_recorded_and_changes_training(teacher_run, tmp_path):
@@ -277,10 +282,15 @@ def test_reverse_is_recorded_and_changes_training(teacher_run, tmp_path):
 
 
 def _cli_error(capsys, *args):
-    code = main(["distill", *args])
+    return _cli_error_of(capsys, ["distill", *args])
+
+
+def _cli_error_of(capsys, argv):
+    """`groundup ARGV` in this process: exit 2 and exactly one line, `error: …`, on stderr."""
+    capsys.readouterr()
+    code = main(argv)
     err = capsys.readouterr().err
-    assert code == 2, err
-    assert err.startswith("error: ") and err.count("\n") == 1, err
+    assert code == 2 and err.startswith("error: ") and err.count("\n") == 1, (code, err)
     return err
 
 
@@ -321,3 +331,24 @@ def test_corrupt_teacher_is_refused_by_the_cli(teacher_run, tmp_path):
     result = run_cli("distill", "--teacher", str(broken), *_sets(STUDENT), "--out", str(tmp_path / "s"))
     assert_clean_error(result, "teacher: no usable checkpoint", str(broken))
     assert not (tmp_path / "s").exists()
+
+
+def test_resume_continues_the_distillation_bit_for_bit(teacher_run, tmp_path, capsys):
+    """4 steps, then `groundup distill --resume` to 8, ends with the same weights as 8 steps at once
+    (same teacher, same loss, same batches); `groundup train --resume` is refused (it would switch to CE)."""
+    settings = [*STUDENT, "lr_decay_steps=8", "checkpoint_interval=4"]
+    distill_cmd.distill_run(teacher_run, load_config(None, settings), tmp_path / "once", temperature=3.0, alpha=0.7,
+                            reverse=True, progress=False)
+    distill_cmd.distill_run(teacher_run, load_config(None, [*settings, "max_steps=4"]), tmp_path / "twice",
+                            temperature=3.0, alpha=0.7, reverse=True, progress=False)
+    assert "distill --resume" in _cli_error_of(capsys, ["train", "--resume", str(tmp_path / "twice")])
+    assert "drop --teacher" in _cli_error_of(capsys, ["distill", "--resume", str(tmp_path / "twice"), "--teacher", str(teacher_run)])
+    assert main(["distill", "--resume", str(tmp_path / "twice"), "--set", "max_steps=8"]) == 0
+    once, twice = ((tmp_path / name / ckpt.WEIGHTS).read_bytes() for name in ("once", "twice"))
+    assert once == twice
+
+    recipe_path = tmp_path / "twice" / distill_cmd.RECIPE
+    recipe = json.loads(recipe_path.read_text())
+    recipe["teacher_weights_sha256"] = "0" * 64
+    recipe_path.write_text(json.dumps(recipe))
+    assert "has changed" in _cli_error_of(capsys, ["distill", "--resume", str(tmp_path / "twice"), "--set", "max_steps=9"])
