@@ -1,0 +1,235 @@
+"""The NumPy engine's mixture of experts and SwiGLU, checked against references no one here wrote:
+finite differences (every new backward, float64), HF transformers' Mixtral balance loss, and the
+PyTorch engine under torch.autograd (same weights: logits, CE, aux losses and every gradient, float64
+and float32; a few training steps through the shared train_step)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from groundup.engines.numpy import Parameter
+from groundup.engines.numpy.layers import GELU, FeedForward, Linear, ReLU, SiLU, SwiGLUFeedForward
+from groundup.engines.numpy.moe import BalanceLoss, Router, RouterZLoss, SparseFeedForward, TopKGating
+
+from test_engine_numpy import check_layer, numerical_gradient, param, relative_error
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(1234)
+
+
+def assert_matches_finite_differences(loss, analytic: dict[str, np.ndarray], arrays: dict[str, np.ndarray]) -> None:
+    """Each analytic gradient against central differences of loss() over its array (float64, h = 1e-5),
+    per tensor ‖analytic − numerical‖ / max(‖·‖) ≤ 1e-6, as tests/test_engine_numpy.py does."""
+    for name, array in arrays.items():
+        assert np.linalg.norm(analytic[name]) > 0, f"{name} got no gradient"
+        error = relative_error(analytic[name], numerical_gradient(loss, array))
+        assert error <= 1e-6, (name, error)
+
+
+def top_k_gap(probs: np.ndarray, k: int) -> float:
+    """The smallest margin between a token's k-th and (k+1)-th probability: a finite-difference step
+    far below it cannot change which experts are chosen."""
+    ordered = -np.sort(-probs, axis=-1)
+    return float(np.min(ordered[:, k - 1] - ordered[:, k])) if k < probs.shape[1] else np.inf
+
+
+# ---- SwiGLU ------------------------------------------------------------------------------------------
+def test_silu_gradient_and_value(rng):
+    torch = pytest.importorskip("torch")
+    x = rng.standard_normal((3, 4, 5)) * 3
+    check_layer(SiLU(), x, [])
+    expected = torch.nn.functional.silu(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(SiLU().forward(x), expected, rtol=1e-14, atol=1e-15)
+    assert np.all(np.isfinite(SiLU().forward(np.array([-1e4, 1e4], np.float32))))  # σ via tanh: no overflow
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_swiglu_feed_forward_gradients(rng, bias):
+    C, H = 5, 7
+    Wg, Wu, Wd = param(rng, H, C), param(rng, H, C), param(rng, C, H)
+    bg, bu, bd = (param(rng, H), param(rng, H), param(rng, C)) if bias else (None, None, None)
+    ffn = SwiGLUFeedForward(Linear(Wg, bg), Linear(Wu, bu), Linear(Wd, bd))
+    check_layer(ffn, rng.standard_normal((2, 3, C)), [p for p in (Wg, bg, Wu, bu, Wd, bd) if p is not None])
+
+
+# ---- router: gating, balance loss, z-loss ---------------------------------------------------------------
+class GatesOf:
+    """TopKGating seen as a layer logits → gates (for check_layer's L = Σ gates ⊙ R)."""
+
+    def __init__(self, gating: TopKGating):
+        self.gating = gating
+
+    def forward(self, logits):
+        return self.gating.forward(logits)[0]
+
+    def backward(self, dgates):
+        return self.gating.backward(dgates)
+
+
+@pytest.mark.parametrize("normalize", [True, False], ids=["renormalised", "raw-probabilities"])
+@pytest.mark.parametrize("k", [1, 2, 3])
+def test_top_k_gating_gradient(rng, normalize, k):
+    logits = rng.standard_normal((9, 5)) * 2
+    gating = TopKGating(k, normalize)
+    gates, experts = gating.forward(logits)
+    assert top_k_gap(gating.probs, k) > 1e-3  # no near-tie: a step of 1e-5 keeps the same experts
+    assert np.all(gates[:, :-1] >= gates[:, 1:])  # largest first, as torch.topk
+    if normalize:
+        np.testing.assert_allclose(gates.sum(axis=-1), 1.0, rtol=1e-14)
+    else:
+        np.testing.assert_array_equal(gates, np.take_along_axis(gating.probs, experts, -1))
+    if k == 1 and normalize:  # one gate renormalised is always 1: no gradient reaches the router through it
+        gating.forward(logits)
+        assert np.abs(gating.backward(rng.standard_normal((9, 1)))).max() < 1e-15
+        return
+    check_layer(GatesOf(gating), logits, [])
+
+
+def test_balance_loss_gradient_and_that_f_carries_none(rng):
+    probs = rng.dirichlet(np.ones(4), size=10)  # (N, E) rows on the simplex
+    experts = np.argsort(-probs, axis=-1)[:, :2]
+    loss = BalanceLoss(0.3, 4)
+    value = loss.forward(probs, experts)
+    f = np.bincount(experts.ravel(), minlength=4) / 10
+    assert value == pytest.approx(0.3 * 4 * np.sum(f * probs.mean(axis=0)), rel=1e-14)
+    assert f.sum() == pytest.approx(2.0)  # Σ f = k
+    dprobs = loss.backward(0.7)
+    # experts held fixed (f is a count of them): the finite difference sees only P's gradient
+    assert_matches_finite_differences(lambda: 0.7 * loss.forward(probs, experts), {"probs": dprobs}, {"probs": probs})
+
+
+def test_balance_loss_is_hf_mixtrals_load_balancing_loss(rng):
+    torch = pytest.importorskip("torch")
+    mixtral = pytest.importorskip("transformers.models.mixtral.modeling_mixtral")
+    logits = rng.standard_normal((24, 8)) * 1.5
+    for k in (1, 2, 4):
+        gating = TopKGating(k, normalize=True)
+        _, experts = gating.forward(logits)
+        ours = BalanceLoss(0.01, 8).forward(gating.probs, experts)
+        theirs = mixtral.load_balancing_loss_func((torch.from_numpy(logits),), num_experts=8, top_k=k).item()
+        assert ours == pytest.approx(0.01 * theirs, rel=1e-6)  # theirs counts and averages in float32
+
+
+def test_router_z_loss_gradient(rng):
+    logits = rng.standard_normal((7, 5)) * 3
+    z = RouterZLoss(0.25)
+    value = z.forward(logits)
+    lse = np.log(np.sum(np.exp(logits), axis=-1))
+    assert value == pytest.approx(0.25 * np.mean(lse ** 2), rel=1e-13)
+    assert_matches_finite_differences(lambda: 1.3 * z.forward(logits), {"logits": z.backward(1.3)}, {"logits": logits})
+
+
+@pytest.mark.parametrize("normalize", [True, False], ids=["renormalised", "raw-probabilities"])
+def test_router_gradient_with_both_auxiliary_losses(rng, normalize):
+    N, C, E, k = 10, 6, 4, 2
+    W = param(rng, E, C)
+    x = rng.standard_normal((N, C))
+    router = Router(W, k, normalize, balance_loss=0.5, z_loss=0.2)
+    gates, _ = router.forward(x)
+    assert top_k_gap(router.probs, k) > 1e-3
+    R, daux = rng.standard_normal(gates.shape), 0.8
+
+    def loss():
+        g, _ = router.forward(x)
+        return float(np.sum(g * R)) + daux * router.aux_loss
+
+    loss()
+    W.grad[...] = 0
+    dx = router.backward(R.copy(), daux)
+    assert router.balance_loss > 0 and router.z_loss > 0
+    assert_matches_finite_differences(loss, {"x": dx, "W": W.grad.copy()}, {"x": x, "W": W.data})
+
+
+# ---- the sparse layer ------------------------------------------------------------------------------------
+def experts_of(rng, activation: str, bias: bool, E: int, C: int, H: int):
+    """E expert FFNs on slices of stacked (E, H, C) / (E, C, H) weights, as the model builds them;
+    returns (experts, the stacked Parameters)."""
+    stacked = {"up.weight": param(rng, E, H, C), "down.weight": param(rng, E, C, H)}
+    if activation == "swiglu":
+        stacked["gate.weight"] = param(rng, E, H, C)
+    if bias:
+        stacked.update({name.replace("weight", "bias"): param(rng, *p.shape[:2]) for name, p in list(stacked.items())})
+
+    def linear(name, e):
+        w, b = stacked[f"{name}.weight"], stacked.get(f"{name}.bias")
+        return Linear(Parameter(w.data[e], w.grad[e]), None if b is None else Parameter(b.data[e], b.grad[e]))
+
+    if activation == "swiglu":
+        experts = [SwiGLUFeedForward(linear("gate", e), linear("up", e), linear("down", e)) for e in range(E)]
+    else:
+        experts = [FeedForward(linear("up", e), {"relu": ReLU, "gelu": GELU}[activation](), linear("down", e)) for e in range(E)]
+    return experts, stacked
+
+
+def check_sparse_layer(layer: SparseFeedForward, x: np.ndarray, params: dict[str, Parameter], seed: int = 0,
+                       daux: float = 0.7) -> None:
+    """L = Σ y ⊙ R + daux · aux against finite differences, for x and every parameter."""
+    R = np.random.default_rng(seed).standard_normal(x.shape)
+    layer.daux = daux
+
+    def loss():
+        return float(np.sum(layer.forward(x) * R)) + daux * layer.aux_loss
+
+    loss()
+    for p in params.values():
+        p.grad[...] = 0
+    dx = layer.backward(R.copy())
+    analytic = {"x": dx, **{name: p.grad.copy() for name, p in params.items()}}
+    assert_matches_finite_differences(loss, analytic, {"x": x, **{name: p.data for name, p in params.items()}})
+
+
+@pytest.mark.parametrize("activation, bias", [("relu", True), ("gelu", False), ("swiglu", True), ("swiglu", False)])
+@pytest.mark.parametrize("normalize", [True, False], ids=["renormalised", "raw-probabilities"])
+def test_sparse_layer_gradients_dropless(rng, activation, bias, normalize):
+    B, T, C, H, E, k = 2, 5, 6, 4, 4, 2
+    experts, stacked = experts_of(rng, activation, bias, E, C, H)
+    router_weight = param(rng, E, C)
+    layer = SparseFeedForward(Router(router_weight, k, normalize, balance_loss=0.3, z_loss=0.1), experts)
+    x = rng.standard_normal((B, T, C))
+    layer.forward(x)
+    assert top_k_gap(layer.router.probs, k) > 1e-3
+    assert layer.dropped == 0 and layer.tokens_per_expert.sum() == k * B * T
+    check_sparse_layer(layer, x, {"router": router_weight, **stacked})
+
+
+@pytest.mark.parametrize("normalize", [True, False], ids=["renormalised", "raw-probabilities"])
+def test_sparse_layer_gradients_with_capacity_drops(rng, normalize):
+    B, T, C, H, E, k = 2, 6, 6, 4, 4, 2
+    experts, stacked = experts_of(rng, "gelu", True, E, C, H)
+    router_weight = param(rng, E, C, scale=1.5)  # a confident, unbalanced router: some experts overflow
+    layer = SparseFeedForward(Router(router_weight, k, normalize, balance_loss=0.3, z_loss=0.1), experts,
+                              capacity_factor=0.75)
+    x = rng.standard_normal((B, T, C))
+    layer.forward(x)
+    assert top_k_gap(layer.router.probs, k) > 1e-3
+    assert layer.dropped > 0, "the test needs drops"
+    check_sparse_layer(layer, x, {"router": router_weight, **stacked})
+
+
+def test_capacity_keeps_first_choices_first_then_earlier_tokens():
+    """A hand-made routing: E = 3, k = 2, N = 4, capacity ⌈0.75 · 2 · 4 / 3⌉ = 2.
+    Choices (largest first): t0 → (0, 1), t1 → (0, 2), t2 → (1, 0), t3 → (0, 1).
+    Expert 0 is asked for t0, t1, t3 (first choices) and t2 (second): keeps t0, t1; drops t3's first
+    choice and t2's second. Expert 1: t2 (first), t0, t3 (second): keeps t2, t0; drops t3. Expert 2: t1."""
+    preferences = np.array([[3.0, 2.0, 0.0], [3.0, 0.0, 2.0], [2.0, 3.0, 0.0], [3.0, 2.0, 0.0]])
+    x = preferences  # C = E = 3 with W_router = I: the router's logits are x itself
+    E = C = 3
+    rng = np.random.default_rng(0)
+    experts, stacked = experts_of(rng, "relu", True, E, C, 5)
+    layer = SparseFeedForward(Router(Parameter(np.eye(3)), 2, normalize=True), experts, capacity_factor=0.75)
+    y = layer.forward(x[None])[0]
+    assert layer.tokens_per_expert.tolist() == [4, 3, 1] and layer.dropped == 3
+    gates = layer.gates
+    kept = {(0, 0): 0, (0, 1): 1, (1, 0): 0, (1, 1): 2, (2, 0): 1}  # (token, choice) → expert, the ones computed
+    expected = np.zeros((4, C))
+    for (t, j), e in kept.items():
+        expected[t] += gates[t, j] * experts[e].forward(x[t:t + 1])[0]
+    np.testing.assert_allclose(y, expected, rtol=1e-14, atol=1e-15)
+    assert not np.any(expected[3]), "both of t3's assignments were dropped: only the residual carries it"
+    # and dropless computes every assignment
+    layer.capacity_factor = None
+    layer.forward(x[None])
+    assert layer.dropped == 0
