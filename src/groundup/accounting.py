@@ -66,6 +66,15 @@ def inference_flops_per_token(n_params: float, n_layer: int | None = None, d_mod
     return weight_flops_per_token(n_params, backward=False) + extra
 
 
+def active_params(n_params: float, expert_params: float, n_experts: int, experts_per_token: int) -> float:
+    """Parameters that work on each token of a mixture-of-experts model: all N but the experts,
+    plus k/E of the expert weights (each token visits k of E experts; the router counts in full).
+    With E = 0 (dense) every parameter is active. Mixtral 8×7B: 46.7B total, 12.9B active."""
+    if not n_experts:
+        return n_params
+    return n_params - expert_params * (1 - experts_per_token / n_experts)
+
+
 def training_flops(n_params: float, n_tokens: float) -> float:
     """C = 6·N·D (Kaplan et al. 2020, §2.1)."""
     return 6.0 * n_params * n_tokens

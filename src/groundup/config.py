@@ -27,7 +27,8 @@ from typing import Literal
 from groundup.errors import ConfigError
 
 
-Activation = Literal["relu", "gelu"]  # gelu: the tanh approximation, as GPT-2
+# gelu: the tanh approximation, as GPT-2; swiglu: down(silu(gate(x)) ⊙ up(x)) (Shazeer 2020; Llama, Mixtral)
+Activation = Literal["relu", "gelu", "swiglu"]
 Positional = Literal["sinusoidal", "learned", "rope"]  # Vaswani et al. 2017 | GPT-2 | RoFormer
 Norm = Literal["pre", "post"]  # pre (GPT-2: x + f(LN(x))) | post (2017: LN(x + f(x)))
 AttentionPath = Literal["sdpa", "math"]  # F.scaled_dot_product_attention | every step explicit
@@ -73,6 +74,17 @@ class ModelConfig:
     dropout: float = 0.0
     tie_embeddings: bool = True  # the LM head reuses the token-embedding matrix
     attention: AttentionPath = "sdpa"
+    # Mixture of experts (groundup/model/moe.py; Shazeer et al. 2017, Switch: Fedus et al. 2021,
+    # Mixtral: Jiang et al. 2024). n_experts = 0: a dense FFN in every block.
+    n_experts: int = 0  # E experts in each sparse block; 0 = dense, otherwise ≥ 2
+    experts_per_token: int = 2  # k, 1 ≤ k ≤ E: experts each token is routed to
+    moe_every: int = 1  # block i (0-based) is sparse when (i + 1) % moe_every == 0 (2 = every other, as Switch)
+    expert_hidden: int = 0  # hidden width H of each expert; 0 = ffn_mult · n_embd
+    dropless: bool = True  # true: every routed token is computed; false: capacity limits each expert
+    capacity_factor: float = 1.25  # dropless = false: capacity = ceil(capacity_factor · k · N / E) per expert
+    balance_loss: float = 0.01  # α of the Switch load-balancing loss α·E·Σᵢ fᵢ·Pᵢ (0 = off)
+    router_z_loss: float = 0.0  # coefficient of the ST-MoE router z-loss mean (logsumexp logits)² (0 = off)
+    normalize_gates: bool = True  # true: top-k gates renormalised to sum 1 (Mixtral); false: raw softmax (Switch)
 
     def __post_init__(self):
         for name in ("block_size", "n_layer", "n_head", "n_embd", "ffn_mult"):
@@ -89,6 +101,39 @@ class ModelConfig:
                    f"rope rotates pairs of dimensions, so the head size n_embd / n_head must be even; got {self.n_embd} / {self.n_head} = {self.head_size}")
         if self.positional == "sinusoidal":
             _check(self.n_embd % 2 == 0, f"sinusoidal positions pair sin and cos, so model.n_embd must be even, got {self.n_embd}")
+        self._check_moe()
+
+    def _check_moe(self) -> None:
+        for name in ("n_experts", "experts_per_token", "moe_every", "expert_hidden"):
+            value = getattr(self, name)
+            _check(isinstance(value, int) and not isinstance(value, bool), f"model.{name} must be an integer, got {value!r}")
+        _check(self.n_experts >= 0, f"model.n_experts must be ≥ 0 (0 = dense FFN), got {self.n_experts}")
+        _check(self.n_experts != 1, "model.n_experts = 1: a router over one expert is a dense FFN; use 0 (dense) or ≥ 2")
+        _check(self.moe_every >= 1, f"model.moe_every must be ≥ 1 (1 = every block sparse), got {self.moe_every}")
+        _check(self.expert_hidden >= 0, f"model.expert_hidden must be ≥ 0 (0 = ffn_mult · n_embd), got {self.expert_hidden}")
+        _check(self.capacity_factor > 0, f"model.capacity_factor must be > 0 (or set dropless = true), got {self.capacity_factor}")
+        _check(self.balance_loss >= 0, f"model.balance_loss must be ≥ 0 (0 = off), got {self.balance_loss}")
+        _check(self.router_z_loss >= 0, f"model.router_z_loss must be ≥ 0 (0 = off), got {self.router_z_loss}")
+        if self.n_experts:
+            _check(1 <= self.experts_per_token <= self.n_experts,
+                   f"model.experts_per_token must be between 1 and n_experts ({self.n_experts}), got {self.experts_per_token}")
+            _check(self.moe_every <= self.n_layer,
+                   f"model.moe_every ({self.moe_every}) exceeds n_layer ({self.n_layer}): no block would be sparse; "
+                   "lower moe_every or set n_experts = 0")
+
+    def is_sparse(self, layer: int) -> bool:
+        """Block `layer` (0-based) has a mixture-of-experts FFN: (layer + 1) % moe_every == 0."""
+        return self.n_experts > 0 and (layer + 1) % self.moe_every == 0
+
+    @property
+    def hidden_size(self) -> int:
+        """Hidden width of the dense FFN: ffn_mult · n_embd."""
+        return self.ffn_mult * self.n_embd
+
+    @property
+    def expert_size(self) -> int:
+        """Hidden width H of each expert: expert_hidden, or ffn_mult · n_embd."""
+        return self.expert_hidden or self.ffn_mult * self.n_embd
 
     @property
     def head_size(self) -> int:

@@ -13,16 +13,18 @@ from torch import nn
 from groundup.config import ModelConfig
 from groundup.model.attention import CausalSelfAttention, KVCache
 from groundup.model.feedforward import FeedForward
+from groundup.model.moe import MixtureOfExperts
 
 
 class Block(nn.Module):
-    def __init__(self, config: ModelConfig):
+    def __init__(self, config: ModelConfig, layer: int = 0):
         super().__init__()
         self.pre_norm = config.norm == "pre"
         self.norm_attention = nn.LayerNorm(config.n_embd, bias=config.bias)
         self.attention = CausalSelfAttention(config)
         self.norm_ffn = nn.LayerNorm(config.n_embd, bias=config.bias)
-        self.ffn = FeedForward(config)
+        # a mixture of experts in the sparse blocks (config.is_sparse), else the dense FFN
+        self.ffn = MixtureOfExperts(config) if config.is_sparse(layer) else FeedForward(config)
 
     def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0, start=0) -> torch.Tensor:
         if self.pre_norm:

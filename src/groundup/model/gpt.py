@@ -17,18 +17,20 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from groundup.accounting import training_flops_per_token
+from groundup.accounting import active_params, training_flops_per_token
 from groundup.config import ModelConfig
 from groundup.errors import ConfigError
 from groundup.model.attention import KVCache
 from groundup.model.block import Block
+from groundup.model.moe import MixtureOfExperts, RoutingStats
 from groundup.model.positional import LearnedPositions, SinusoidalPositions
 from groundup.model.weights import check_weights
 
 
 def decays(name: str, ndim: int) -> bool:
-    """True for the weight matrices (ndim 2, not embeddings) that get weight decay."""
-    return ndim == 2 and "embedding" not in name
+    """True for the weight matrices that get weight decay: ndim ≥ 2 (the stacked (E, ·, ·) expert
+    matrices too), not embeddings, not biases (a mixture's expert biases are (E, H))."""
+    return ndim >= 2 and "embedding" not in name and not name.endswith("bias")
 
 
 class GPT(nn.Module):
@@ -48,7 +50,7 @@ class GPT(nn.Module):
         # The 2017 paper scales embeddings by √C before adding the fixed sinusoids.
         self.embedding_scale = math.sqrt(C) if config.positional == "sinusoidal" else 1.0
         self.embedding_dropout = nn.Dropout(config.dropout)
-        self.blocks = nn.ModuleList([Block(config) for _ in range(config.n_layer)])
+        self.blocks = nn.ModuleList([Block(config, i) for i in range(config.n_layer)])
         # Post-norm blocks already end in a layer norm; pre-norm needs one before the head.
         self.final_norm = nn.LayerNorm(C, bias=config.bias) if config.norm == "pre" else nn.Identity()
         self.lm_head = nn.Linear(C, config.vocab_size, bias=False)
@@ -100,11 +102,36 @@ class GPT(nn.Module):
             loss = F.cross_entropy(logits_for_loss.view(-1, logits.size(-1)), targets.reshape(-1))
         return logits, loss
 
+    # ---- mixture of experts (groundup.model.moe) -------------------------------------------
+    def moe_layers(self) -> dict[int, MixtureOfExperts]:
+        """The sparse FFNs by block index (empty for a dense model)."""
+        return {i: b.ffn for i, b in enumerate(self.blocks) if isinstance(b.ffn, MixtureOfExperts)}
+
+    def aux_loss(self) -> torch.Tensor | None:
+        """Σ over sparse blocks of their balance + z losses from the last forward (a scalar with
+        gradient, fp32); None for a dense model. The training objective is cross-entropy + this;
+        evaluation reports cross-entropy alone."""
+        losses = [m.aux_loss for m in self.moe_layers().values() if m.aux_loss is not None]
+        return torch.stack(losses).sum() if losses else None
+
+    def routing_stats(self) -> dict[int, RoutingStats]:
+        """Each sparse block's RoutingStats from the last forward, by block index."""
+        return {i: m.stats for i, m in self.moe_layers().items() if m.stats is not None}
+
+    def expert_params(self) -> int:
+        """Weights inside the experts (up, gate, down and their biases; not the router)."""
+        return sum(p.numel() for m in self.moe_layers().values() for part in (m.up, m.gate, m.down)
+                   if part is not None for p in part.parameters())
+
     # ---- what the labs need ---------------------------------------------------------------
-    def num_params(self, non_embedding: bool = False) -> int:
+    def num_params(self, non_embedding: bool = False, active: bool = False) -> int:
         """Trainable parameters (a tied matrix counted once). non_embedding: without the token and
-        position embeddings and the LM head (Kaplan et al.'s N)."""
+        position embeddings and the LM head (Kaplan et al.'s N). active: those that work on each
+        token — in a mixture of experts only k of the E experts (accounting.active_params)."""
         n = sum(p.numel() for p in self.parameters())
+        if active:
+            c = self.config
+            n = round(active_params(n, self.expert_params(), c.n_experts, c.experts_per_token))
         if non_embedding:
             n -= self.token_embedding.weight.numel()
             if isinstance(self.position_embedding, LearnedPositions):
@@ -119,10 +146,14 @@ class GPT(nn.Module):
 
         N = the weights that multiply activations: every matrix in the blocks plus the LM head's
         V·C (biases, norm gains and the embedding lookups are not matmuls). torch's FlopCounterMode
-        counts exactly this on a real step (tests/test_cost.py)."""
+        counts exactly this on a real step (tests/test_cost.py). In a mixture of experts N counts
+        the router and only the k experts a token visits: k/E of the stacked expert matrices."""
         c = self.config
-        n_matmul = sum(p.numel() for p in self.blocks.parameters() if p.dim() == 2) + self.lm_head.weight.numel()
-        return training_flops_per_token(n_matmul, c.n_layer, c.n_embd, seq_len or c.block_size)
+        matrices = [(name, p) for name, p in self.blocks.named_parameters() if p.dim() >= 2 and not name.endswith("bias")]
+        n_matmul = sum(p.numel() for _, p in matrices) + self.lm_head.weight.numel()
+        expert_matrices = sum(p.numel() for _, p in matrices if p.dim() == 3)
+        n_active = active_params(n_matmul, expert_matrices, c.n_experts, c.experts_per_token)
+        return training_flops_per_token(n_active, c.n_layer, c.n_embd, seq_len or c.block_size)
 
     def weights(self) -> dict[str, torch.Tensor]:
         """The tensors a checkpoint stores (a tied LM head is the token embedding: stored once)."""
