@@ -233,3 +233,175 @@ def test_capacity_keeps_first_choices_first_then_earlier_tokens():
     layer.capacity_factor = None
     layer.forward(x[None])
     assert layer.dropped == 0
+
+
+# ---- the whole model: names, finite differences, torch.autograd ------------------------------------------
+import torch  # noqa: E402  (the model-level half of this file compares with the PyTorch engine)
+import torch.nn.functional as F  # noqa: E402
+
+from groundup.config import ModelConfig  # noqa: E402
+from groundup.engines.numpy import GPT  # noqa: E402
+from groundup.engines.numpy.model import parameter_shapes  # noqa: E402
+from groundup.engines.numpy.training import decay_mask  # noqa: E402
+from groundup.model import GPT as TorchGPT  # noqa: E402
+from groundup.model.gpt import decays  # noqa: E402
+
+from groundup.train.trainer import train  # noqa: E402
+from groundup.util.metrics import read_metrics  # noqa: E402
+
+from helpers import tiny_config  # noqa: E402
+from test_engine_numpy import same_weights, torch_config  # noqa: E402
+from test_engine_numpy_train import logged_losses  # noqa: E402
+
+MOE = dict(n_experts=4, experts_per_token=2, expert_hidden=16)
+MODEL_VARIANTS = {
+    "dense-swiglu": dict(activation="swiglu"),
+    "moe-swiglu-renormalised": dict(MOE, activation="swiglu", balance_loss=0.05, router_z_loss=0.01),
+    "moe-gelu-raw-gates-capacity-every-other": dict(MOE, normalize_gates=False, dropless=False, capacity_factor=0.75,
+                                                   moe_every=2, balance_loss=0.05, router_z_loss=0.01),
+    "moe-relu-top1-no-bias-untied-capacity": dict(MOE, activation="relu", experts_per_token=1, bias=False,
+                                                  tie_embeddings=False, positional="learned", dropless=False,
+                                                  capacity_factor=1.0, balance_loss=0.1),
+    "moe-top3-swiglu-no-aux": dict(MOE, activation="swiglu", experts_per_token=3, balance_loss=0.0, bias=False),
+}
+
+
+@pytest.mark.parametrize("variant", MODEL_VARIANTS.values(), ids=MODEL_VARIANTS)
+def test_weight_names_shapes_and_decay_are_the_pytorch_engines(variant):
+    config = torch_config(**variant)
+    expected = {name: tuple(t.shape) for name, t in TorchGPT(config).weights().items()}
+    assert list(parameter_shapes(config).items()) == list(expected.items())
+    model = GPT(config)
+    assert model.num_params() == TorchGPT(config).num_params()
+    mask = model.by_name(decay_mask(model, 0.1))
+    for name, shape in model.shapes.items():  # biases (E, H) are 2-D but never decay; expert matrices (E, H, C) do
+        assert np.all(mask[name] == (0.1 if decays(name, len(shape)) else 0.0)), name
+    if config.n_experts:
+        assert not np.any(mask["blocks.1.ffn.down.bias"]) if config.bias else True
+        assert np.all(mask["blocks.1.ffn.up.weight"] == 0.1)
+
+
+def tiny_moe_model(seed: int = 0, **kw) -> GPT:
+    config = ModelConfig(vocab_size=11, block_size=6, n_layer=2, n_head=2, n_embd=8, **kw)
+    model = GPT(config, np.float64)
+    model.flat.data[...] = np.random.default_rng(seed).standard_normal(model.flat.data.size) * 0.3
+    return model
+
+
+@pytest.mark.parametrize("variant", MODEL_VARIANTS.values(), ids=MODEL_VARIANTS)
+def test_whole_model_gradient_of_ce_plus_aux_matches_finite_differences(variant):
+    model = tiny_moe_model(**{**variant, "expert_hidden": 4} if "n_experts" in variant else variant)
+    rng = np.random.default_rng(1)
+    x, y = rng.integers(0, 11, (2, 6)), rng.integers(0, 11, (2, 6))
+
+    def objective():
+        return model.forward(x, y)[1] + (model.aux_loss() or 0.0)
+
+    objective()
+    for moe in model.moe_layers.values():
+        assert top_k_gap(moe.router.probs, model.config.experts_per_token) > 1e-4
+        if not model.config.dropless:
+            assert moe.dropped > 0, "the variant should drop assignments"
+    if model.moe_layers and (model.config.balance_loss or model.config.router_z_loss):
+        assert model.aux_loss() > 0
+    model.zero_grad()
+    model.backward()
+    numerical = numerical_gradient(objective, model.flat.data)
+    for name, analytic in model.grads().items():
+        error = relative_error(analytic, model.by_name(numerical)[name])
+        assert error <= 1e-6, (name, error)
+        assert np.linalg.norm(analytic) > 0 or name.endswith("bias") and "ffn" in name, name  # (an idle expert's bias: 0)
+
+
+def compare_moe_with_autograd(variant: dict, dtype, loss_tolerance: float, grad_tolerance: float) -> None:
+    """Same weights, same batch: logits, CE, aux loss, routing and every gradient of CE + aux."""
+    config = torch_config(**variant)
+    reference, model = same_weights(config, dtype)
+    x, y = torch.randint(0, 50, (3, 16)), torch.randint(0, 50, (3, 16))
+    logits, _ = reference(x)
+    reference_ce = F.cross_entropy(logits.view(-1, 50), y.view(-1))  # in the model's dtype
+    reference_aux = reference.aux_loss()
+    (reference_ce + (reference_aux if reference_aux is not None else 0)).backward()
+    logits_np, ce = model.forward(x.numpy(), y.numpy())
+    aux = model.aux_loss()
+    model.backward()
+    assert relative_error(logits_np, logits.detach().numpy()) <= loss_tolerance
+    assert abs(ce - reference_ce.item()) <= loss_tolerance * abs(reference_ce.item())
+    if config.n_experts:
+        assert abs(aux - reference_aux.item()) <= loss_tolerance * abs(reference_aux.item()) or config.balance_loss == 0 == config.router_z_loss
+        for i, moe in model.moe_layers.items():
+            stats = reference.routing_stats()[i]
+            np.testing.assert_array_equal(moe.expert_indices, stats.expert_indices.numpy())
+            np.testing.assert_array_equal(moe.tokens_per_expert, stats.tokens_per_expert.numpy())
+            assert moe.dropped == int(stats.dropped)
+            assert moe.dropped > 0 or config.dropless, "a capacity variant should drop assignments"
+            assert moe.router_entropy == pytest.approx(float(stats.entropy), rel=loss_tolerance)
+        summary, reference_summary = model.routing_summary(), reference.routing_summary() if hasattr(reference, "routing_summary") else None
+        if reference_summary is not None:
+            assert summary.keys() == reference_summary.keys()
+            for key, value in summary.items():
+                assert value == pytest.approx(reference_summary[key], rel=loss_tolerance, abs=1e-12), key
+    else:
+        assert aux is None and reference_aux is None
+    reference_grads = dict(reference.named_parameters())
+    for name, grad in model.grads().items():
+        assert grad.dtype == dtype
+        error = relative_error(grad, reference_grads[name].grad.numpy())
+        assert error <= grad_tolerance, (name, error)
+
+
+@pytest.mark.parametrize("variant", MODEL_VARIANTS.values(), ids=MODEL_VARIANTS)
+def test_logits_losses_and_gradients_match_torch_autograd_in_float64(variant):
+    compare_moe_with_autograd(variant, np.float64, loss_tolerance=1e-10, grad_tolerance=1e-10)
+
+
+@pytest.mark.parametrize("variant", MODEL_VARIANTS.values(), ids=MODEL_VARIANTS)
+def test_logits_losses_and_gradients_match_torch_autograd_in_float32(variant):
+    compare_moe_with_autograd(variant, np.float32, loss_tolerance=1e-4, grad_tolerance=1e-4)
+
+
+# ---- training through the shared step ---------------------------------------------------------------------
+def test_numpy_engine_trains_on_ce_plus_aux_and_evaluates_ce_alone():
+    """The engine's step objective is CE + Σ aux (what forward_backward returns and differentiates);
+    its evaluation is CE alone, so MoE and dense validation losses compare."""
+    from groundup.engines.numpy.training import build
+    from groundup.train.engine import NumpyEngine
+
+    config = tiny_config("engine=numpy", "dtype=float64", "n_experts=4", "expert_hidden=8", "balance_loss=0.1",
+                         "router_z_loss=0.01", "vocab_size=20")
+    engine = NumpyEngine(*build(config))
+    rng = np.random.default_rng(0)
+    batch = rng.integers(0, 20, (2, 8)), rng.integers(0, 20, (2, 8))
+    _, ce = engine.model.forward(*batch)
+    aux = engine.model.aux_loss()
+    assert aux > 0.05  # α·E·Σ f·P ≥ α·k = 0.2 over two sparse blocks… at least well above rounding
+    assert engine.forward_backward(batch, None, 1, True) == pytest.approx(ce + aux, rel=1e-15)
+    assert engine.evaluate([batch]) == pytest.approx(ce, rel=1e-15)
+    # and the gradient is that of CE + aux: without the aux term it differs
+    with_aux = engine.model.flat.grad.copy()
+    engine.zero_grad()
+    engine.model.forward(*batch)
+    engine.model.backward(1.0, daux=0.0)
+    assert relative_error(with_aux, engine.model.flat.grad) > 1e-3
+
+
+def test_a_few_moe_training_steps_match_the_pytorch_engine_in_float64(tmp_path):
+    """Both engines through groundup's trainer and the shared train_step (CE + aux, clipping, AdamW with
+    the expert matrices decayed and their biases not), same init and batches: the losses and final
+    weights agree as in tests/test_engine_numpy_train.py (1e-8), and so do the validation losses (CE)."""
+    overrides = ["dtype=float64", "log_interval=1", "checkpoint_interval=0", "max_steps=8", "eval_interval=8",
+                 "n_experts=4", "expert_hidden=16", "activation=swiglu", "dropless=false", "capacity_factor=1.0",
+                 "balance_loss=0.05", "router_z_loss=0.01", "grad_clip=0.5"]
+    runs = {engine: train(tiny_config(f"engine={engine}", *overrides), tmp_path / engine, progress=False)
+            for engine in ("numpy", "torch")}
+    losses = {engine: [loss for _, loss in logged_losses(tmp_path / engine)] for engine in runs}
+    assert len(losses["numpy"]) == 8
+    np.testing.assert_allclose(losses["numpy"], losses["torch"], rtol=1e-8, atol=0)
+    assert runs["numpy"].val_loss == pytest.approx(runs["torch"].val_loss, rel=1e-8)
+    for name, tensor in runs["torch"].model.weights().items():
+        got = runs["numpy"].model.weights()[name]
+        assert got.dtype == torch.float64
+        assert (torch.linalg.norm(got - tensor) / torch.linalg.norm(tensor)).item() <= 1e-8, name
+    routing = [r for r in read_metrics(tmp_path / "numpy" / "metrics.jsonl") if "dropped" in r]
+    if routing:  # the trainer logs the numpy model's routing_summary (when the trainer logs one)
+        assert any(r["dropped"] > 0 for r in routing)
