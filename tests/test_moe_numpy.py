@@ -221,24 +221,24 @@ def test_sparse_layer_gradients_with_capacity_drops(rng, normalize):
 
 def test_capacity_keeps_first_choices_first_then_earlier_tokens():
     """A hand-made routing: E = 3, k = 2, N = 4, capacity ⌈0.75 · 2 · 4 / 3⌉ = 2.
-    Choices (largest first): t0 → (0, 1), t1 → (0, 2), t2 → (1, 0), t3 → (0, 1).
-    Expert 0 is asked for t0, t1, t3 (first choices) and t2 (second): keeps t0, t1; drops t3's first
-    choice and t2's second. Expert 1: t2 (first), t0, t3 (second): keeps t2, t0; drops t3. Expert 2: t1."""
-    preferences = np.array([[3.0, 2.0, 0.0], [3.0, 0.0, 2.0], [2.0, 3.0, 0.0], [3.0, 2.0, 0.0]])
-    x = preferences  # C = E = 3 with W_router = I: the router's logits are x itself
-    E = C = 3
+    Choices (largest first): t0 → (1, 0), t1 → (0, 2), t2 → (0, 1), t3 → (2, 0).
+    Expert 0 is asked for t1, t2 (first choices) and t0, t3 (second): it keeps the first choices
+    t1, t2 and drops both second choices — though t0 comes before them in token order (a token-first
+    ranking would keep t0, t1 and drop t2's first choice). Experts 1 and 2 get two each: all kept."""
+    x = np.array([[2.0, 3.0, 0.0], [3.0, 0.0, 2.0], [3.0, 2.0, 0.0], [2.0, 0.0, 3.0]])
+    C = E = 3  # with W_router = I the router's logits are x itself
     rng = np.random.default_rng(0)
-    experts, stacked = experts_of(rng, "relu", True, E, C, 5)
+    experts, _ = experts_of(rng, "relu", True, E, C, 5)
     layer = SparseFeedForward(Router(Parameter(np.eye(3)), 2, normalize=True), experts, capacity_factor=0.75)
     y = layer.forward(x[None])[0]
-    assert layer.tokens_per_expert.tolist() == [4, 3, 1] and layer.dropped == 3
+    assert layer.expert_indices.tolist() == [[1, 0], [0, 2], [0, 1], [2, 0]]
+    assert layer.tokens_per_expert.tolist() == [4, 2, 2] and layer.dropped == 2
     gates = layer.gates
-    kept = {(0, 0): 0, (0, 1): 1, (1, 0): 0, (1, 1): 2, (2, 0): 1}  # (token, choice) → expert, the ones computed
+    kept = {(0, 0): 1, (1, 0): 0, (1, 1): 2, (2, 0): 0, (2, 1): 1, (3, 0): 2}  # (token, choice) → expert, computed
     expected = np.zeros((4, C))
     for (t, j), e in kept.items():
         expected[t] += gates[t, j] * experts[e].forward(x[t:t + 1])[0]
     np.testing.assert_allclose(y, expected, rtol=1e-14, atol=1e-15)
-    assert not np.any(expected[3]), "both of t3's assignments were dropped: only the residual carries it"
     # and dropless computes every assignment
     layer.capacity_factor = None
     layer.forward(x[None])
