@@ -219,6 +219,23 @@ def test_sparse_layer_gradients_with_capacity_drops(rng, normalize):
     check_sparse_layer(layer, x, {"router": router_weight, **stacked})
 
 
+def test_an_expert_that_gets_no_tokens_runs_on_zero_rows_and_gets_a_zero_gradient(rng):
+    """W_router = I and x[:, 2] = −5: expert 2 is nobody's top-2 choice. The layer still checks against
+    finite differences, and expert 2's slices of the stacked weights get exactly 0 (not a missing
+    gradient: the PyTorch engine's DDP/FSDP relies on every expert having one)."""
+    experts, stacked = experts_of(rng, "swiglu", True, 3, 3, 4)
+    router_weight = Parameter(np.eye(3))
+    layer = SparseFeedForward(Router(router_weight, 2, normalize=True, balance_loss=0.2), experts)
+    x = rng.standard_normal((2, 4, 3))
+    x[..., 2] = -5.0
+    layer.forward(x)
+    assert layer.tokens_per_expert.tolist() == [8, 8, 0]
+    check_sparse_layer(layer, x, {"router": router_weight, **stacked})
+    for name, p in stacked.items():
+        assert not np.any(p.grad[2]), name
+        assert np.all(np.any(p.grad[:2].reshape(2, -1) != 0, axis=1)), name
+
+
 def test_capacity_keeps_first_choices_first_then_earlier_tokens():
     """A hand-made routing: E = 3, k = 2, N = 4, capacity ⌈0.75 · 2 · 4 / 3⌉ = 2.
     Choices (largest first): t0 → (1, 0), t1 → (0, 2), t2 → (0, 1), t3 → (2, 0).
