@@ -8,6 +8,9 @@ Weights have the PyTorch engine's names and shapes (token_embedding.weight, bloc
 weight, …), so checkpoints move freely between the engines. All weights live in one flat buffer
 (`GPT.flat`), and so do all gradients: each named parameter is a view into it, so zeroing the
 gradients, clipping their global norm and the optimiser step are each a few whole-buffer operations.
+
+A sparse block's FFN is a SparseFeedForward (moe.py) whose experts are views of the stacked (E, …)
+weights; the training objective is then CE + aux_loss() (balance and z terms), and backward adds both.
 """
 
 from __future__ import annotations
