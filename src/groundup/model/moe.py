@@ -112,6 +112,8 @@ def grouped_mm_applies(device: torch.device, dtype: torch.dtype, *widths: int) -
         return False  # the CUDA kernels take bf16, on Hopper and later
     if device.type not in ("cpu", "cuda"):
         return False
+    if torch.compiler.is_compiling() and dtype != torch.bfloat16:
+        return False  # torch.compile's shape propagation (fake tensors) takes bf16 only, as on CUDA
     per_16_bytes = 128 // torch.finfo(dtype).bits  # elements in 16 bytes
     return all(w % per_16_bytes == 0 for w in widths)
 
