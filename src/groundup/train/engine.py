@@ -182,13 +182,16 @@ class NumpyEngine:
         self.lr = lr  # (the NumPy optimizers take it as an argument of step)
 
     def forward_backward(self, batch, loss, n_micro: int, last: bool) -> float:
+        """L = cross-entropy + the model's auxiliary losses (a mixture of experts' balance and z terms,
+        none when dense), the PyTorch engine's default objective; ∂(L / n_micro)/∂θ added by hand. Returns L."""
         if loss is not None:
             raise ConfigError("the numpy engine trains with next-token cross-entropy only (its backward pass is "
                               "written by hand for it); use engine=torch for other losses")
         x, y = batch
         _, value = self.model.forward(x, y)
-        self.model.backward(1.0 / n_micro)  # ∂(L / n_micro)/∂θ, summed over the micro-batches
-        return value
+        aux = self.model.aux_loss()
+        self.model.backward(1.0 / n_micro)  # ∂((CE + aux) / n_micro)/∂θ, summed over the micro-batches
+        return value if aux is None else value + aux
 
     def gradient_norm(self) -> float:
         return grad_norm([self.model.flat])

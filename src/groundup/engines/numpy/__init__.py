@@ -6,7 +6,9 @@ takes ∂L/∂(output), accumulates ∂L/∂(parameters) into each Parameter's `
 ∂L/∂(input). The derivations are in docs/backprop.md; tests/test_engine_numpy*.py check every one
 against finite differences and torch.autograd.
 
-    layers.py   Linear, Embedding, positions, LayerNorm, ReLU/GELU, attention, FFN, Block, cross-entropy
+    layers.py   Linear, Embedding, positions, LayerNorm, ReLU/GELU/SiLU, attention, FFN (and SwiGLU), Block,
+                cross-entropy
+    moe.py      the mixture-of-experts FFN: router, top-k gating, capacity, balance and z losses
     model.py    GPT: the layers wired as in groundup.model.gpt, one flat buffer of weights and gradients
     optim.py    SGD, Adam/AdamW and gradient clipping, from their formulas
     training.py what the engine brings to groundup's one training loop (groundup.train): dtype, checks, init

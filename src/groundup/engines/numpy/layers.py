@@ -220,7 +220,21 @@ class GELU:
         return dy * (0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * (GELU_K * (1.0 + 3 * GELU_A * (x * x))))
 
 
-ACTIVATIONS = {"relu": ReLU, "gelu": GELU}
+class SiLU:
+    """y = x σ(x) (the swish of SwiGLU),  σ(x) = 1 / (1 + e^(−x)) = ½ (1 + tanh(x/2)) (never overflows)."""
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        self.x = x
+        self.sigmoid = 0.5 * (1.0 + np.tanh(0.5 * x))
+        return x * self.sigmoid
+
+    def backward(self, dy: np.ndarray) -> np.ndarray:
+        s = self.sigmoid
+        # ∂L/∂x = dy · (σ(x) + x σ(x)(1 − σ(x))) = dy · σ(x)(1 + x(1 − σ(x)))
+        return dy * (s * (1.0 + self.x * (1.0 - s)))
+
+
+ACTIVATIONS = {"relu": ReLU, "gelu": GELU}  # swiglu is its own feed-forward (SwiGLUFeedForward): it has a gate
 
 
 # ---- attention -----------------------------------------------------------------------------------
@@ -301,6 +315,33 @@ class FeedForward:
     def backward(self, dy: np.ndarray) -> np.ndarray:
         # the chain rule through the three steps, last one first
         return self.up.backward(self.activation.backward(self.down.backward(dy)))
+
+
+class SwiGLUFeedForward:
+    """FFN(x) = W_down (silu(W_gate x + b_g) ⊙ (W_up x + b_u)) + b_down   (Shazeer 2020, "GLU Variants
+    Improve Transformer"; the FFN of Llama and of each Mixtral expert). One more matrix than FeedForward."""
+
+    def __init__(self, gate: Linear, up: Linear, down: Linear):
+        self.gate, self.up, self.down = gate, up, down
+        self.silu = SiLU()
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        self.gated = self.silu.forward(self.gate.forward(x))  # silu(a),  a = W_gate x
+        self.linear = self.up.forward(x)  # u = W_up x
+        return self.down.forward(self.gated * self.linear)  # W_down (silu(a) ⊙ u)
+
+    def backward(self, dy: np.ndarray) -> np.ndarray:
+        dh = self.down.backward(dy)  # ∂L/∂h,  h = silu(a) ⊙ u
+        # h = silu(a) ⊙ u  ⇒  ∂L/∂u = dh ⊙ silu(a),  ∂L/∂silu(a) = dh ⊙ u;  x feeds both a and u, so its
+        # gradient is the sum of the two paths
+        return self.up.backward(dh * self.gated) + self.gate.backward(self.silu.backward(dh * self.linear))
+
+
+def feed_forward(activation: str, up: Linear, down: Linear, gate: Linear | None = None):
+    """The dense FFN for model.activation: act(up x) through down, or SwiGLU with its gate."""
+    if activation == "swiglu":
+        return SwiGLUFeedForward(gate, up, down)
+    return FeedForward(up, ACTIVATIONS[activation](), down)
 
 
 class Block:

@@ -8,6 +8,9 @@ Weights have the PyTorch engine's names and shapes (token_embedding.weight, bloc
 weight, …), so checkpoints move freely between the engines. All weights live in one flat buffer
 (`GPT.flat`), and so do all gradients: each named parameter is a view into it, so zeroing the
 gradients, clipping their global norm and the optimiser step are each a few whole-buffer operations.
+
+A sparse block's FFN is a SparseFeedForward (moe.py) whose experts are views of the stacked (E, …)
+weights; the training objective is then CE + aux_loss() (balance and z terms), and backward adds both.
 """
 
 from __future__ import annotations
@@ -19,23 +22,24 @@ import numpy as np
 from groundup.config import ModelConfig
 from groundup.errors import CheckpointError, ConfigError
 from groundup.engines.numpy.layers import (
-    ACTIVATIONS, Block, CausalSelfAttention, Embedding, FeedForward, LayerNorm, LearnedPositions, Linear,
-    Parameter, RotaryPositions, SinusoidalPositions, SoftmaxCrossEntropy,
+    Block, CausalSelfAttention, Embedding, LayerNorm, LearnedPositions, Linear, Parameter, RotaryPositions,
+    SinusoidalPositions, SoftmaxCrossEntropy, feed_forward,
 )
+from groundup.engines.numpy.moe import Router, SparseFeedForward
 
 
 def parameter_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
     """Every trainable tensor by name, in the PyTorch engine's order (GPT.weights(): a tied LM head
     is the token embedding, listed once)."""
-    V, C, hidden = config.vocab_size, config.n_embd, config.ffn_mult * config.n_embd
+    V, C, E = config.vocab_size, config.n_embd, config.n_experts
     shapes: dict[str, tuple[int, ...]] = {"token_embedding.weight": (V, C)}
     if config.positional == "learned":
         shapes["position_embedding.weight"] = (config.block_size, C)
 
-    def linear(name: str, n_in: int, n_out: int) -> None:
-        shapes[f"{name}.weight"] = (n_out, n_in)
+    def linear(name: str, n_in: int, n_out: int, stacked: tuple[int, ...] = ()) -> None:
+        shapes[f"{name}.weight"] = (*stacked, n_out, n_in)  # stacked = (E,): one matrix per expert
         if config.bias:
-            shapes[f"{name}.bias"] = (n_out,)
+            shapes[f"{name}.bias"] = (*stacked, n_out)
 
     def norm(name: str) -> None:
         shapes[f"{name}.weight"] = (C,)
@@ -47,8 +51,19 @@ def parameter_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
         linear(f"blocks.{i}.attention.qkv", C, 3 * C)
         linear(f"blocks.{i}.attention.output", C, C)
         norm(f"blocks.{i}.norm_ffn")
-        linear(f"blocks.{i}.ffn.up", C, hidden)
-        linear(f"blocks.{i}.ffn.down", hidden, C)
+        ffn = f"blocks.{i}.ffn"
+        if config.is_sparse(i):  # groundup.model.moe.MixtureOfExperts: router, up, (gate,) down
+            H = config.expert_size
+            shapes[f"{ffn}.router.weight"] = (E, C)
+            linear(f"{ffn}.up", C, H, (E,))
+            if config.activation == "swiglu":
+                linear(f"{ffn}.gate", C, H, (E,))
+            linear(f"{ffn}.down", H, C, (E,))
+        else:  # groundup.model.feedforward.FeedForward: up, down, (gate)
+            linear(f"{ffn}.up", C, config.hidden_size)
+            linear(f"{ffn}.down", config.hidden_size, C)
+            if config.activation == "swiglu":
+                linear(f"{ffn}.gate", C, config.hidden_size)
     if config.norm == "pre":
         norm("final_norm")
     if not config.tie_embeddings:
@@ -57,7 +72,8 @@ def parameter_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
 
 
 def check_supported(config: ModelConfig) -> None:
-    """The NumPy engine implements every architecture option except dropout."""
+    """The NumPy engine implements every architecture option (mixtures of experts and SwiGLU included)
+    except dropout."""
     if config.dropout > 0:
         raise ConfigError(f"the numpy engine does not implement dropout (model.dropout = {config.dropout}); "
                           "set dropout=0 or train with engine=torch")
@@ -107,10 +123,10 @@ class GPT:
                   CausalSelfAttention(linear(f"blocks.{i}.attention.qkv"), linear(f"blocks.{i}.attention.output"),
                                       config.n_head, config.block_size, rope),
                   norm(f"blocks.{i}.norm_ffn"),
-                  FeedForward(linear(f"blocks.{i}.ffn.up"), ACTIVATIONS[config.activation](), linear(f"blocks.{i}.ffn.down")),
-                  pre_norm=config.norm == "pre")
+                  self._feed_forward(i), pre_norm=config.norm == "pre")
             for i in range(config.n_layer)
         ]
+        self.moe_layers = {i: b.ffn for i, b in enumerate(self.blocks) if isinstance(b.ffn, SparseFeedForward)}
         self.final_norm = norm("final_norm") if config.norm == "pre" else None  # post-norm blocks end in one
         # Weight tying: the LM head *is* the token embedding — the same Parameter, so its .grad
         # collects ∂L/∂E from the lookup and from the head.
@@ -118,9 +134,31 @@ class GPT:
         self.lm_head = Linear(head)
         self.loss = SoftmaxCrossEntropy()
 
+    def _feed_forward(self, i: int):
+        """Block i's FFN: dense (FeedForward or SwiGLUFeedForward), or, in a sparse block, a
+        SparseFeedForward whose expert e is the same dense FFN on slice e of the stacked weights."""
+        c, p, name = self.config, self.params.get, f"blocks.{i}.ffn"
+
+        def linear(part: str, e: int | None = None) -> Linear | None:
+            weight, bias = p(f"{name}.{part}.weight"), p(f"{name}.{part}.bias")
+            if weight is None:
+                return None
+            if e is not None:  # expert e's view of the stacked (E, …) tensors: its gradients land in the slices
+                weight = Parameter(weight.data[e], weight.grad[e])
+                bias = None if bias is None else Parameter(bias.data[e], bias.grad[e])
+            return Linear(weight, bias)
+
+        if not c.is_sparse(i):
+            return feed_forward(c.activation, linear("up"), linear("down"), linear("gate"))
+        experts = [feed_forward(c.activation, linear("up", e), linear("down", e), linear("gate", e))
+                   for e in range(c.n_experts)]
+        router = Router(p(f"{name}.router.weight"), c.experts_per_token, c.normalize_gates, c.balance_loss, c.router_z_loss)
+        return SparseFeedForward(router, experts, None if c.dropless else c.capacity_factor)
+
     # ---- forward and backward ------------------------------------------------------------------
     def forward(self, ids: np.ndarray, targets: np.ndarray | None = None) -> tuple[np.ndarray, float | None]:
-        """ids: (B, T) token ids → (logits (B, T, V), mean cross-entropy against targets, or None)."""
+        """ids: (B, T) token ids → (logits (B, T, V), mean cross-entropy against targets, or None).
+        A mixture of experts also leaves its auxiliary losses in aux_loss()."""
         B, T = ids.shape
         if T > self.config.block_size:
             raise ValueError(f"sequence of {T} positions exceeds block_size {self.config.block_size}")
@@ -136,8 +174,30 @@ class GPT:
             return logits, None
         return logits, self.loss.forward(logits.reshape(B * T, -1), targets.reshape(-1))
 
-    def backward(self, dloss: float = 1.0) -> None:
-        """Add ∂(dloss · L)/∂θ into every parameter's .grad, for the L of the last forward."""
+    def aux_loss(self) -> float | None:
+        """Σ over the sparse blocks of their balance + z losses, from the last forward; None for a
+        dense model (as groundup.model.GPT.aux_loss). The training objective is the cross-entropy
+        forward returns plus this; evaluation reports the cross-entropy alone."""
+        return sum(m.aux_loss for m in self.moe_layers.values()) if self.moe_layers else None
+
+    def routing_summary(self) -> dict[str, float]:
+        """The last forward's routing in the PyTorch engine's few numbers for the metrics line ({} when
+        dense; groundup.model.GPT.routing_summary): aux_loss, dropped (fraction of assignments),
+        router_entropy (nats, mean over sparse blocks), max_load (busiest expert over the mean, worst block)."""
+        layers = list(self.moe_layers.values())
+        if not layers:
+            return {}
+        return {"aux_loss": float(self.aux_loss()),
+                "dropped": sum(m.dropped for m in layers) / sum(m.expert_indices.size for m in layers),
+                "router_entropy": sum(m.router_entropy for m in layers) / len(layers),
+                "max_load": max(float(m.tokens_per_expert.max() / m.tokens_per_expert.mean()) for m in layers)}
+
+    def backward(self, dloss: float = 1.0, daux: float | None = None) -> None:
+        """Add ∂(dloss · CE + daux · aux)/∂θ into every parameter's .grad, for the cross-entropy and the
+        auxiliary losses of the last forward. daux = None: dloss, i.e. the gradient of dloss times the
+        training objective CE + aux (a dense model has no aux)."""
+        for moe in self.moe_layers.values():
+            moe.daux = dloss if daux is None else daux  # each sparse layer adds its aux loss's gradient
         dlogits = self.loss.backward(dloss)  # (N, V)
         dx = self.lm_head.backward(dlogits)  # (B, T, C)
         if self.final_norm is not None:
