@@ -118,6 +118,20 @@ class GPT(nn.Module):
         """Each sparse block's RoutingStats from the last forward, by block index."""
         return {i: m.stats for i, m in self.moe_layers().items() if m.stats is not None}
 
+    def routing_summary(self) -> dict[str, float]:
+        """The last forward's routing in a few numbers for the metrics line ({} when dense):
+        aux_loss (Σ balance + z), dropped (fraction of assignments dropped for capacity),
+        router_entropy (nats, mean over sparse blocks), max_load (the busiest expert's assignments
+        over the mean, worst block; 1 = perfectly balanced, E/k = everything on k experts)."""
+        stats = list(self.routing_stats().values())
+        if not stats:
+            return {}
+        aux = self.aux_loss()
+        return {"aux_loss": float(aux.detach()) if aux is not None else 0.0,
+                "dropped": sum(int(s.dropped) for s in stats) / sum(s.assignments for s in stats),
+                "router_entropy": sum(float(s.entropy) for s in stats) / len(stats),
+                "max_load": max(float(s.tokens_per_expert.max() / s.tokens_per_expert.float().mean()) for s in stats)}
+
     def expert_params(self) -> int:
         """Weights inside the experts (up, gate, down and their biases; not the router)."""
         return sum(p.numel() for m in self.moe_layers().values() for part in (m.up, m.gate, m.down)

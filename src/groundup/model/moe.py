@@ -108,8 +108,8 @@ def grouped_mm_applies(device: torch.device, dtype: torch.dtype, *widths: int) -
     row stride (each width) a multiple of 16 bytes."""
     if not hasattr(torch, "_grouped_mm") or dtype not in (torch.float32, torch.bfloat16, torch.float16):
         return False
-    if device.type == "cuda" and dtype != torch.bfloat16:
-        return False  # the CUDA kernels take bf16 (Hopper and later)
+    if device.type == "cuda" and (dtype != torch.bfloat16 or torch.cuda.get_device_capability(device) < (9, 0)):
+        return False  # the CUDA kernels take bf16, on Hopper and later
     if device.type not in ("cpu", "cuda"):
         return False
     per_16_bytes = 128 // torch.finfo(dtype).bits  # elements in 16 bytes
@@ -169,23 +169,24 @@ class MixtureOfExperts(nn.Module):
             return None
         return math.ceil(self.capacity_factor * self.top_k * n_tokens / self.n_experts)
 
-    def route(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """x (N × C) → (router logits (N × E) fp32, gates (N × k) fp32, expert indices (N × k))."""
+    def route(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """x (N × C) → router logits (N × E), probabilities p (N × E), gates (N × k), expert
+        indices (N × k). In float32 whatever the autocast (float64 stays float64): small logit
+        differences decide the routing, and bf16 keeps 8 bits of them."""
+        dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
         with torch.autocast(x.device.type, enabled=False):
-            logits = F.linear(x.float() if x.dtype != torch.float64 else x,
-                              self.router.weight.float() if x.dtype != torch.float64 else self.router.weight)
+            logits = F.linear(x.to(dtype), self.router.weight.to(dtype))
         probs = logits.softmax(dim=-1)
         gates, indices = probs.topk(self.top_k, dim=-1)  # (N, k), largest first
         if self.normalize_gates:
             gates = gates / gates.sum(dim=-1, keepdim=True)
-        return logits, gates, indices
+        return logits, probs, gates, indices
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
         x = x.reshape(-1, shape[-1])  # (N, C), tokens in row-major B·T order
         N, E, k = x.shape[0], self.n_experts, self.top_k
-        logits, gates, indices = self.route(x)
-        probs = logits.softmax(dim=-1)
+        logits, probs, gates, indices = self.route(x)
 
         # Assignments in priority order (choice rank j first, then token t), grouped by expert.
         by_priority = indices.t().reshape(-1)  # (k·N,): assignment a = j·N + t

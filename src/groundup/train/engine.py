@@ -87,12 +87,24 @@ class TorchEngine:
             group["lr"] = lr
 
     def forward_backward(self, batch, loss, n_micro: int, last: bool) -> torch.Tensor:
-        """L = loss(model, batch); ∂(L / n_micro)/∂θ added to every .grad (autograd). Returns L."""
+        """L = loss(model, batch); ∂(L / n_micro)/∂θ added to every .grad (autograd). Returns L.
+
+        The default loss (loss=None) is cross-entropy plus the model's auxiliary losses from the same
+        forward: a mixture of experts' balance and router-z terms (GPT.aux_loss(); none when dense)."""
         with self._sync(not last) if self._sync is not None else contextlib.nullcontext():
             with autocast(self.device, self.amp):
-                value = self.forward_model(*batch)[1] if loss is None else loss(self.forward_model, batch)
+                value = (loss or self.default_loss)(self.forward_model, batch)
             (value / n_micro).backward()
         return value.detach()
+
+    def default_loss(self, model, batch) -> torch.Tensor:
+        """Cross-entropy of model(x, y) plus the auxiliary loss of that same forward, where the model
+        has one (GPT.aux_loss(): a mixture of experts' balance and z terms). `model` may be a DDP or
+        compile wrapper; the auxiliary loss is read from the unwrapped model, where the forward left it."""
+        value = model(*batch)[1]
+        aux_loss = getattr(self.model, "aux_loss", None)
+        aux = aux_loss() if callable(aux_loss) else None
+        return value if aux is None else value + aux
 
     def gradient_norm(self) -> torch.Tensor:
         norm = gradient_norm(self.parameters, fused=self.kernels)

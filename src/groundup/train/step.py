@@ -7,8 +7,9 @@ updates weights through `train_step`, so they all train the same way:
     if ok:  g ← g · min(1, clip / (‖g‖ + 1e-6));   θ ← AdamW(θ, g, lr)
     zero the gradients                                    (a vetoed step leaves θ and Adam untouched)
 
-The loss is a parameter: cross-entropy of the next token by default; a new training method
-(distillation, preference losses, an auxiliary balance term) is a new `loss(model, batch)`, not a new
+The loss is a parameter: cross-entropy of the next token by default (plus the auxiliary terms a
+model reports for its last forward: a mixture of experts' balance and router-z losses, GPT.aux_loss());
+a new training method (distillation, preference losses) is a new `loss(model, batch)`, not a new
 step. The engine (groundup.train.engine) does the arithmetic: autograd for PyTorch, the hand-written
 backward pass for NumPy.
 """
@@ -62,7 +63,8 @@ def train_step(engine: Engine, batches: Sequence[Batch], *, lr: float, grad_clip
                check: Callable[[float, float], Verdict] | None = None) -> StepResult:
     """One optimizer step over `batches` (its micro-batches: gradient accumulation when more than one).
 
-    loss: loss(model, batch) → scalar; None = cross-entropy of model(x, y).
+    loss: loss(model, batch) → scalar; None = cross-entropy of model(x, y), plus the model's auxiliary
+          losses where it has them (a mixture of experts' balance and z terms: GPT.aux_loss()).
     check: the guard, called with the step's loss and ‖g‖ before the update; None (or a None verdict) = apply.
     grad_clip: max global gradient norm (0 = no clipping)."""
     if not batches:

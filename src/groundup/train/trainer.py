@@ -160,8 +160,10 @@ def _describe(engine, config: RunConfig, device, info: DistInfo, tokens_per_step
                 f"engine numpy ({numpy_training.numpy_dtype(t.dtype).name}, gradients by hand); "
                 f"{tokens_per_step:,} tokens/step")
     model, amp = engine.model, engine.amp
+    experts = (f"; {m.n_experts} experts, {m.experts_per_token} per token: {model.num_params(active=True) / 1e6:.2f}M "
+               f"active per token" if m.n_experts else "")
     return (f"model: {model.num_params() / 1e6:.2f}M parameters ({model.num_params(non_embedding=True) / 1e6:.2f}M "
-            f"non-embedding), vocab {m.vocab_size}, context {m.block_size}; device {device}"
+            f"non-embedding{experts}), vocab {m.vocab_size}, context {m.block_size}; device {device}"
             + (f" × {info.world_size} ranks" + (" (FSDP)" if t.parallel == "fsdp" else "") if info.enabled else "")
             + (f", autocast {amp}" if amp else "") + f"; {tokens_per_step:,} tokens/step")
 
@@ -287,6 +289,8 @@ class _Run(Hooks):
                       "time_s": round(now - self.t0 + self.elapsed_before, 3)}
             if self.peak_total:
                 record["mfu"] = fields["mfu"] = model_flops_utilization(self.flops_per_token * tokens_per_s, self.peak_total)
+            routing = getattr(self.engine.model, "routing_summary", None)  # a mixture of experts: its last forward
+            record.update({k: round(v, 6) for k, v in (routing() if callable(routing) else {}).items()})
             self.metrics.log(**record)
             self.bar.update(step - self.bar.n, **fields)
         else:
@@ -370,7 +374,7 @@ def _train(config: RunConfig, run_dir: Path, resume: bool, progress: bool, info:
         run.save(0, 0.0)  # step 0: a rollback target, and `--resume` works from the first moment
     if engine.name == "torch":
         engine.model.train()
-    loss = (lambda model, batch: run.corrupt(model(*batch)[1])) if faults else None
+    loss = (lambda model, batch: run.corrupt(engine.default_loss(model, batch))) if faults else None
     fit(engine, lambda: engine.batch(*sampler.next_batch()), t.max_steps, lr=run.lr, grad_clip=t.grad_clip,
         loss=loss, n_micro=t.grad_accum_steps, start=run.step, hooks=run)
     step = run.step
