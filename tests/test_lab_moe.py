@@ -201,6 +201,8 @@ def test_quick_run_end_to_end(quick_run):
         assert run["params_active"]["mean"] <= run["params_total"]["mean"]
         assert ("balance" in run) == name.startswith("moe")
     first = results["per_seed"][0]["results"]
+    # the balance loss reaches the weights through the project's step (its default loss is CE + GPT.aux_loss)
+    assert first["runs"]["moe-no-balance"]["val_loss"] != first["runs"][lab.base_name(lab.Settings.quick())]["val_loss"]
     for part in ("with", "without"):  # the layer's drops equal the ones recomputed from its routing
         assert first["capacity"][part]["dropped"] == pytest.approx(first["capacity"][part]["dropped_recomputed"], abs=1e-12)
     assert len(first["specialisation"]["trained"]["layers"]) == lab.parse_size(results["config"]["sizes"][0])[0]

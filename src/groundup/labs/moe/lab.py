@@ -66,7 +66,7 @@ class Settings:
 
     @classmethod
     def quick(cls, **changes) -> "Settings":
-        small = dict(sizes=("1x32", "1x48"), block_size=32, batch_size=8, steps=8, eval_every=4, eval_batches=1,
+        small = dict(sizes=("2x32", "1x48"), block_size=32, batch_size=8, steps=8, eval_every=4, eval_batches=1,
                      k_values=(1, 2), e_values=(4, 8), capacity_factors=(0.5, 1.25), equal_total_steps=8,
                      mixed_chars=40_000, chunk_chars=1_000, mixed_steps=8, mi_sequences=16, permutations=20)
         return cls(**{**small, **changes})
@@ -261,9 +261,9 @@ def same_compute(dense: dict, moe: dict) -> dict:
 
 def capacity_sweep(s: Settings, model: GPT, val) -> dict:
     """The trained (dropless) model evaluated with capacity: for each factor, the fraction of
-    assignments the layer dropped (its RoutingStats), the same count recomputed from its dropless
-    routing by probes.dropped_assignments, and the validation loss."""
-    _, free = evaluate_routing(model, val)
+    assignments the layers dropped (their RoutingStats), the same count recomputed by
+    probes.dropped_assignments from the routing of that same forward (the indices are recorded
+    before drops), and the validation loss."""
     E = model.config.n_experts
     out = {"factors": list(s.capacity_factors), "dropped": [], "dropped_recomputed": [], "val_loss": [],
            "uniform_ideal": [max(0.0, 1.0 - cf) for cf in s.capacity_factors]}
@@ -273,8 +273,8 @@ def capacity_sweep(s: Settings, model: GPT, val) -> dict:
         loss, routing = evaluate_routing(capped, val)
         out["val_loss"].append(loss)
         out["dropped"].append(sum(r["dropped"] for r in routing.values()) / sum(r["assignments"] for r in routing.values()))
-        recomputed = sum(probes.dropped_assignments(idx, E, cf) for r in free.values() for idx in r["indices"])
-        out["dropped_recomputed"].append(recomputed / sum(r["assignments"] for r in free.values()))
+        recomputed = sum(probes.dropped_assignments(idx, E, cf) for r in routing.values() for idx in r["indices"])
+        out["dropped_recomputed"].append(recomputed / sum(r["assignments"] for r in routing.values()))
     return out
 
 

@@ -64,8 +64,8 @@ def verdicts(results: dict) -> dict[str, str]:
     wins_step = all(direction(sc[s]["per_step"]) == "MoE better" for s in sizes)
     loses_time = any(direction(sc[s]["per_second"]) == "MoE worse" for s in sizes)
     out["same compute, the trade"] = (
-        ("MoE wins per step and loses per second here, as small MoEs often do: " if wins_step and loses_time else "")
-        + f"the MoE trains at {speed} (nanochat's reported anecdote: MFU 46% → 35% with MoE, not merged). "
+        ("MoE wins per step and loses per second here, as small MoEs often do. " if wins_step and loses_time else "")
+        + f"The MoE trains at {speed} (nanochat's anecdote: MFU 46% → 35% with its MoE, which was not merged — karpathy/nanochat PR #798). "
         "A FLOP/s ratio of 1 would mean the sparse layer costs only its FLOPs; below 1 is the routing, sorting and "
         "scatter overhead that FLOP counts leave out.")
 
@@ -227,7 +227,9 @@ def report(results: dict) -> str:
               f"![load over training]({PLOTS['balance']})", f"![router entropy]({PLOTS['entropy']})", "",
               "Dropped assignments when the dropless-trained models are evaluated with a capacity of "
               "⌈cf·k·N/E⌉ per expert per forward (N = one validation batch); 'recomputed' counts the drops "
-              "from the dropless routing with the Switch rule independently of the layer:", "",
+              "from the same forward's routing with the Switch rule (probes.dropped_assignments), independently of "
+              "the layer's own count. Drops in one layer change the next layer's input, so neither is the dropless "
+              "routing cut at capacity:", "",
               table(["capacity factor", "dropped (α)", "recomputed (α)", "val loss (α)", "dropped (α = 0)",
                      "val loss (α = 0)", "even routing would drop"],
                     [[f"{cf:g}", short(cap["with"]["dropped"][j], '.4f'), short(cap["with"]["dropped_recomputed"][j], '.4f'),
@@ -287,18 +289,21 @@ def report(results: dict) -> str:
     lines += ["## How this differs from the published results", "",
               "- **Switch Transformer** (Fedus et al. 2021) measured its up-to-7× speed-up with 64–128 experts on T5-Base/"
               "Large-sized models, ~10⁸–10⁹ active parameters, hundreds of thousands of steps over C4 on TPUs, with expert "
-              "parallelism spreading the experts over devices. Ours: ≤ 16 experts, "
-              f"{runs[names[0]]['params_total']['mean']:,.0f}-parameter dense baselines, {cfg['steps']} steps of "
-              f"{cfg['batch_size'] * cfg['block_size']:,} characters, on CPU threads where grouping tokens by expert "
-              "costs as much as the tiny matmuls themselves. The gains they report grow with the number of experts and "
-              "with training length; both are small here.",
+              "parallelism spreading the experts over devices. Ours: ≤ 16 experts, dense baselines of "
+              + " and ".join(f"{runs[f'dense-{size}']['params_total']['mean']:,.0f}" for size in sizes)
+              + f" parameters, {cfg['steps']} steps of {cfg['batch_size'] * cfg['block_size']:,} characters, on CPU "
+              "threads, where routing, sorting and scattering tokens are a large share of matmuls this small (the "
+              "FLOP/s ratio of section 1). Their gains grow with the number of experts; ours has few, and a short run.",
               "- **Mixtral 8×7B** (Jiang et al. 2024): 46.7B parameters, 12.9B active (top-2 of 8 SwiGLU experts in every "
               f"layer), a ratio of 3.6. Ours at E = {E}, k = {k}: "
               f"{runs[f'moe-{sizes[0]}']['params_total']['mean'] / runs[f'moe-{sizes[0]}']['params_active']['mean']:.2f}; "
               "the ratio is set by E/k and the share of parameters in the FFNs, not by scale. Mixtral's memory is that "
               "of a 47B model, as ours is that of its total, not its active, parameters (section 5).",
-              "- **nanochat**: its MoE experiment is reported (the anecdote quoted in issue #17) to have dropped MFU "
-              "from 46% to 35% and was not merged; our FLOP/s ratio in section 1 is the same quantity measured on CPU.",
+              "- **nanochat** (an anecdote, not a paper): its MoE branch is quoted in issue #17 as dropping MFU from 46% "
+              "to 35%; the pull request that distils it (karpathy/nanochat PR #798, not merged) concludes that at "
+              "nanochat's scale MoE \"improves bpb-per-FLOP but loses on wall clock\" (a ~1.3–1.6× memory-traffic tax "
+              "of sparse experts against a ~1.1× compute gain). Our FLOP/s ratio in section 1 is the same kind of "
+              "measurement on CPU threads.",
               ""]
     return "\n".join(lines)
 
@@ -360,6 +365,7 @@ def plots(results: dict, out: str | Path) -> list[Path]:
     fig, ax = new_figure(f"Share of each domain's assignments per expert (seed {results['seeds'][0]}, trained)",
                          "expert", "layer · domain", figsize=(7, 1.2 + 0.9 * len(fr)))
     grid = np.array([row for layer in fr for row in layer])
+    ax.grid(False)
     im = ax.imshow(grid, aspect="auto", cmap="viridis", vmin=0)
     ax.set_yticks(range(len(grid)), [f"L{j} {d}" for j in range(len(fr)) for d in cfg["domains"]])
     ax.set_xticks(range(grid.shape[1]))
