@@ -34,11 +34,11 @@ def test_load_balance_of_even_and_collapsed_routing():
 
 # ---- capacity ------------------------------------------------------------------------------------
 def test_dropped_assignments_hand_computed():
-    # E = 3, k = 2, N = 3, cf = 0.5 → capacity ⌈0.5·2·3/3⌉ = 1. Rank 0 first: expert 0 gets tokens 0,1,2 → keeps 1,
-    # drops 2; then rank 1: expert 1 gets tokens 0,1 → keeps 1, drops 1; expert 2 gets token 2 → keeps it.
+    # E = 3, k = 2, N = 3, cf = 0.5 → capacity ⌈0.5·2·3/3⌉ = 1. Expert 0 gets 3 assignments (drops 2),
+    # expert 1 gets 2 (drops 1), expert 2 gets 1 (keeps it).
     assert probes.dropped_assignments(np.array([[0, 1], [0, 1], [0, 2]]), 3, 0.5) == 3
-    # a second choice never displaces anyone's first: expert 0 is full from rank 0 (cap 2 with cf 1)
-    assert probes.dropped_assignments(np.array([[0, 1], [0, 2], [1, 0]]), 3, 1.0) == 1
+    assert probes.dropped_assignments(np.array([[0, 1], [0, 2], [1, 0]]), 3, 1.0) == 1  # capacity 2, expert 0 gets 3
+    assert probes.dropped_assignments(np.array([[0, 1], [0, 2], [1, 0]]), 3, 0.9) == 1  # ⌈1.8⌉ = 2 still
     assert probes.dropped_assignments(np.array([[0, 1], [2, 0]]), 3, 100.0) == 0
 
 

@@ -9,8 +9,8 @@ Load of expert i: the share sᵢ = cᵢ / Σⱼ cⱼ of the k·N top-k assignmen
     effective experts 2^H(s), H(s) = −Σ sᵢ log₂ sᵢ     E when even, k when every token picks the same k
 
 Capacity (Switch, Fedus et al. 2021 §2.2): expert capacity = ⌈capacity_factor · k · N / E⌉ assignments;
-assignments are served in order of choice rank j, then token index t; the ones past an expert's
-capacity are dropped. `dropped_assignments` recomputes that count from the indices alone.
+the ones past an expert's capacity are dropped. `dropped_assignments` recomputes that count from the
+indices alone, as a check on the layer's own count.
 
 Specialisation: every assignment (t, j) is one draw of the pair (expert, domain of token t), so
 
@@ -55,20 +55,13 @@ def load_balance(counts) -> dict:
 
 def dropped_assignments(indices: np.ndarray, n_experts: int, capacity_factor: float) -> int:
     """Assignments over capacity under the Switch rule, from the (N, k) indices of one forward:
-    capacity = ⌈cf·k·N/E⌉; served in order (choice rank j, token t); the rest dropped."""
+    capacity = ⌈cf·k·N/E⌉ per expert, so expert e drops max(0, cₑ − capacity) of its cₑ assignments.
+    (The ranking — choice rank j first, then token t — decides *which* assignments are dropped, not
+    how many.)"""
     indices = np.asarray(indices)
     N, k = indices.shape
     capacity = math.ceil(capacity_factor * k * N / n_experts)
-    queue = np.zeros(n_experts, dtype=np.int64)
-    dropped = 0
-    for j in range(k):  # rank 0 for every token first, then rank 1, …; tokens in order within a rank
-        col = indices[:, j]
-        for e in range(n_experts):
-            n = int((col == e).sum())
-            served = max(0, min(n, capacity - queue[e]))
-            queue[e] += served
-            dropped += n - served
-    return dropped
+    return int(np.maximum(counts_per_expert(indices, n_experts) - capacity, 0).sum())
 
 
 def contingency(indices: np.ndarray, labels: np.ndarray, n_experts: int, n_labels: int) -> np.ndarray:
