@@ -300,6 +300,9 @@ def _assert_every_printed_figure_is_in_the_json(text: str, data: dict) -> None:
      "--gpus", "256", "--gpu", "A100"],
     ["--model", "llama3-405b", "--gpus", "16384"],
     ["--model", "chinchilla-70b", "--days", "60", "--micro-batch", "2"],
+    ["--model", "mixtral-8x7b", "--gpus", "64"],
+    ["--model", "gpt4-rumoured"],
+    ["--params", "47B", "--active-params", "13B", "--tokens", "1T"],
 ])
 def test_cli_cost_json_holds_every_printed_figure(capsys, args):
     code, text, err = _cli(capsys, "cost", *args)
@@ -371,3 +374,27 @@ def test_plan_flops_are_the_models_own_count():
     assert plan["fits"] and plan["N"] == model.num_params()
     with pytest.raises(GroundupError):
         cost.measured_speed("/nonexistent/run")
+
+
+def test_moe_presets_count_total_and_active_parameters_as_published():
+    """Mixtral 8×7B from its architecture (Jiang et al. 2024): 46.7B total, 12.9B active per token;
+    the rumoured 16-expert model: ~1.8T total, ~280B active, and 6·N_active·D ≈ the reported 2.15e25."""
+    mixtral, rumour = cost.MOE_PRESETS["mixtral-8x7b"], cost.MOE_PRESETS["gpt4-rumoured"]
+    assert round(mixtral.n_params / 1e9, 1) == 46.7 and round(mixtral.n_active / 1e9, 1) == 12.9
+    assert round(rumour.n_params / 1e12, 1) == 1.8 and 270e9 < rumour.n_active < 290e9
+    assert accounting.training_flops(rumour.n_active, rumour.n_tokens) == pytest.approx(rumour.published_flops, rel=0.02)
+    dense = cost.estimate(mixtral.n_params, 1e12, PRESETS["H100"])
+    sparse = cost.estimate(mixtral.n_params, 1e12, PRESETS["H100"], n_active=mixtral.n_active)
+    assert sparse.flops == 6 * mixtral.n_active * 1e12 and sparse.flops < dense.flops / 3
+    assert sparse.memory.state == dense.memory.state  # every expert is stored and trained
+    assert sparse.decode_tokens_per_s == pytest.approx(dense.decode_tokens_per_s * mixtral.n_params / mixtral.n_active)
+
+
+def test_cli_cost_moe_preset_and_bad_active_params(capsys):
+    code, out, err = _cli(capsys, "cost", "--model", "mixtral-8x7b")
+    assert code == 0, err
+    assert "46.7B parameters (12.9B active per token)" in out and "6·N_active·D" in out and "not published" in out
+    code, out, err = _cli(capsys, "cost", "--model", "gpt4-rumoured")
+    assert code == 0 and "RUMOUR" in out and "1.83T parameters (277B active per token)" in out
+    code, out, err = _cli(capsys, "cost", "--params", "7B", "--active-params", "9B")
+    assert code == 2 and "cannot exceed the total" in err and "Traceback" not in err

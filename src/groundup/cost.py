@@ -4,6 +4,7 @@ dollars and energy.
     groundup cost                                   # reference models + the 1e24/1e25/1e26 bands
     groundup cost --params 7B --tokens 2T --gpu H100 --gpus 256
     groundup cost --model llama3-405b --gpus 16384
+    groundup cost --model mixtral-8x7b              # a mixture of experts: 46.7B total, 12.9B active
     groundup cost --from-run runs/shakespeare_char  # scale a measured run up
     groundup cost --params 7B --json                # every figure, full precision, for scripts
 
@@ -26,7 +27,7 @@ from pathlib import Path
 import torch
 
 from groundup.accounting import (
-    DECODE_BYTES_PER_PARAM, DEFAULT_GPU, DEFAULT_MFU, DEFAULT_PRICE, DEFAULT_PUE, STATE_BYTES_PER_PARAM, USABLE_MEMORY,
+    active_params, DECODE_BYTES_PER_PARAM, DEFAULT_GPU, DEFAULT_MFU, DEFAULT_PRICE, DEFAULT_PUE, STATE_BYTES_PER_PARAM, USABLE_MEMORY,
     TrainingMemory, check_positive, chinchilla_params, decode_tokens_per_s, gpus_for_days, inference_flops_per_token,
     Projection, min_gpus, model_flops_utilization, project, state_memory, training_flops, training_flops_per_token, training_memory,
 )
@@ -85,6 +86,54 @@ REFERENCES: dict[str, Reference] = {
     "llama3-405b": Reference("Llama-3 405B", 405e9, 15.6e12, 126, 16384, 128, 8192, 128256, 3.8e25, 30.84e6, "H100",
                              source="Dubey et al. 2024, §3.3: 3.8e25 FLOPs on 15.6T tokens, Table 3 architecture; "
                                     "model card: 30.84M H100-80GB GPU-hours"),
+}
+
+
+@dataclass(frozen=True)
+class MoEPreset:
+    """A mixture-of-experts model: all N parameters are stored, N_active work on each token
+    (accounting.active_params: the shared weights plus k/E of the experts). Training FLOPs and
+    batch-1 decoding go by N_active, the memory by N."""
+
+    name: str
+    n_experts: int
+    experts_per_token: int
+    expert_params: float  # every expert's weights, all layers
+    shared_params: float  # the rest: attention, embeddings, router, norms
+    n_tokens: float | None  # training tokens, where known
+    n_layer: int | None
+    d_model: int | None
+    n_head: int | None
+    seq_len: int | None
+    vocab: int
+    published_flops: float | None
+    source: str
+
+    @property
+    def n_params(self) -> float:
+        return self.expert_params + self.shared_params
+
+    @property
+    def n_active(self) -> float:
+        return active_params(self.n_params, self.expert_params, self.n_experts, self.experts_per_token)
+
+
+# Mixtral 8×7B (Jiang et al. 2024, Table 1): 32 layers, d 4096, 32 query / 8 key-value heads of 128,
+# SwiGLU experts of hidden 14336, 8 experts, top-2, vocab 32000, untied embeddings.
+_MIXTRAL_EXPERTS = 32 * 8 * 3 * 4096 * 14336  # 45.1B: up, gate, down per expert
+_MIXTRAL_SHARED = (32 * (2 * 4096 * 4096 + 2 * 4096 * 1024)  # W_Q, W_O; W_K, W_V (grouped-query)
+                   + 2 * 32000 * 4096 + 32 * 8 * 4096 + 65 * 4096)  # embeddings + head, routers, RMSNorm gains
+
+MOE_PRESETS: dict[str, MoEPreset] = {
+    "mixtral-8x7b": MoEPreset(
+        "Mixtral 8×7B", 8, 2, _MIXTRAL_EXPERTS, _MIXTRAL_SHARED, None, 32, 4096, 32, 32768, 32000, None,
+        source="Jiang et al. 2024 (Mixtral of Experts), Table 1 architecture; 46.7B total / 12.9B active per token "
+               "counted from it (the paper rounds to 47B / 13B); training tokens not published"),
+    "gpt4-rumoured": MoEPreset(
+        "rumoured 1.8T MoE", 16, 2, 16 * 111e9, 55e9, 13e12, 120, None, None, None, 0, 2.15e25,
+        source="a RUMOUR, not published by its makers: SemiAnalysis (Patel & Wong, July 2023) reported a ~1.8T-parameter "
+               "model of 120 layers with 16 experts of ~111B MLP parameters each, 2 routed per token, ~55B shared "
+               "(attention) parameters, so ~280B active; ~13T training tokens and ~2.15e25 training FLOPs"),
 }
 
 
@@ -179,21 +228,30 @@ class Estimate:
     hardware: Hardware
     activations_counted: bool
     notes: list[str] = field(default_factory=list)
+    n_active: float | None = None  # a mixture of experts: parameters working on each token (None: all)
 
 
 def estimate(n_params: float, n_tokens: float, hardware: Hardware, n_gpus: int | None = None, mfu: float = DEFAULT_MFU,
              price: float = DEFAULT_PRICE, pue: float = DEFAULT_PUE, n_layer: int | None = None, d_model: int | None = None,
              n_head: int | None = None, seq_len: int | None = None, vocab: int = 0, micro_batch: int = 1,
-             days: float | None = None) -> Estimate:
+             days: float | None = None, n_active: float | None = None) -> Estimate:
     """Everything `groundup cost` prints for one (N, D) on one kind of GPU.
 
     The training state (16 bytes/parameter, mixed precision) needs only N, so the minimum GPU
     count (state sharded across GPUs, ZeRO-3 / FSDP) is always computed. Without the architecture
-    the activations are not counted, so that count is a lower bound."""
+    the activations are not counted, so that count is a lower bound.
+
+    n_active (a mixture of experts): the parameters each token works with. FLOPs (6·N_active·D) and
+    batch-1 decoding (it reads the routed experts' weights) go by N_active; memory holds all N."""
     check_positive(params=n_params, tokens=n_tokens)
-    flops = training_flops(n_params, n_tokens)
+    if n_active is not None:
+        check_positive(active_params=n_active)
+        if n_active > n_params:
+            raise ConfigError(f"active parameters ({human(n_active)}) cannot exceed the total ({human(n_params)})")
+    working = n_active or n_params
+    flops = training_flops(working, n_tokens)
     arch = bool(n_layer and d_model and n_head and seq_len)
-    with_attention = training_flops_per_token(n_params, n_layer, d_model, seq_len) * n_tokens if arch else None
+    with_attention = training_flops_per_token(working, n_layer, d_model, seq_len) * n_tokens if arch else None
     notes = []
     if arch:
         memory = training_memory(n_params, n_layer, d_model, n_head, seq_len, micro_batch, vocab)
@@ -211,16 +269,20 @@ def estimate(n_params: float, n_tokens: float, hardware: Hardware, n_gpus: int |
         why = ("even with activation checkpointing" if arch else
                f"for its {human_bytes(memory.state)} of training state alone (sharded across GPUs)")
         notes.append(f"{plural(n_gpus, 'GPU')} can't hold this run: it needs at least {floor} {why}")
+    if n_active is not None:
+        notes.append("a mixture of experts: FLOPs and batch-1 decoding count the active parameters, memory all of them "
+                     "(larger decode batches touch more experts per step)")
     return Estimate(n_params, n_tokens, flops, with_attention,
-                    inference_flops_per_token(n_params, n_layer, d_model, seq_len), memory, memory_ckpt,
-                    need, need_ckpt, projection, decode_tokens_per_s(n_params, hardware.bandwidth), hardware, arch, notes)
+                    inference_flops_per_token(working, n_layer, d_model, seq_len), memory, memory_ckpt,
+                    need, need_ckpt, projection, decode_tokens_per_s(working, hardware.bandwidth), hardware, arch, notes,
+                    n_active)
 
 
 def estimate_figures(e: Estimate) -> dict:
     """Every figure `groundup cost` prints for one model, at full precision (what --json prints)."""
     p, m, mc = e.projection, e.memory, e.memory_checkpointed
     return {
-        "N": e.n_params, "D": e.n_tokens, "tokens_per_param": e.n_tokens / e.n_params,
+        "N": e.n_params, "N_active": e.n_active or e.n_params, "D": e.n_tokens, "tokens_per_param": e.n_tokens / e.n_params,
         "flops_6ND": e.flops, "flops_with_attention": e.flops_with_attention,
         "inference_flops_per_token": e.inference_flops_per_token,
         "decode_bytes_per_param": DECODE_BYTES_PER_PARAM, "decode_tokens_per_s": e.decode_tokens_per_s,
@@ -239,12 +301,15 @@ def estimate_figures(e: Estimate) -> dict:
 def format_estimate(f: dict) -> str:
     """The text of `groundup cost --params/--model`, from estimate_figures."""
     hw, m = f["hardware"], f["memory"]
-    lines = [f"model: {human(f['N'])} parameters, trained on {human(f['D'])} tokens ({f['tokens_per_param']:.1f} tokens/parameter)",
-             f"training FLOPs: 6·N·D = {human_flops(f['flops_6ND'])}"
-             + (f"; with attention (6·N + 12·L·T·d per token) = {human_flops(f['flops_with_attention'])}"
+    sparse = f["N_active"] != f["N"]
+    active = f" ({human(f['N_active'])} active per token)" if sparse else ""
+    n = "N_active" if sparse else "N"
+    lines = [f"model: {human(f['N'])} parameters{active}, trained on {human(f['D'])} tokens ({f['tokens_per_param']:.1f} tokens/parameter)",
+             f"training FLOPs: 6·{n}·D = {human_flops(f['flops_6ND'])}"
+             + (f"; with attention (6·{n} + 12·L·T·d per token) = {human_flops(f['flops_with_attention'])}"
                 if f["flops_with_attention"] else ""),
              f"inference: {human_flops(f['inference_flops_per_token'])} FLOPs per generated token; batch-1 decoding reads every "
-             f"weight ({f['decode_bytes_per_param']} bytes each) per token: ≤ {f['decode_tokens_per_s']:,.1f} tokens/s on one "
+             f"{'active ' if sparse else ''}weight ({f['decode_bytes_per_param']} bytes each) per token: ≤ {f['decode_tokens_per_s']:,.1f} tokens/s on one "
              f"{hw['name']} ({hw['bandwidth'] / 1e9:,.0f} GB/s)"]
     state = (f"memory: weights {human_bytes(m['weights'])} + gradients {human_bytes(m['gradients'])} + optimizer "
              f"{human_bytes(m['optimizer'])} = {human_bytes(m['state'])} of state ({m['state_bytes_per_param']} bytes/parameter")
@@ -336,8 +401,10 @@ def format_from_run(r: dict) -> str:
 # ---- CLI ---------------------------------------------------------------------------------------
 def add_arguments(p) -> None:
     what = p.add_argument_group("what to cost (default: the reference models and the 1e24/1e25/1e26 bands)")
-    what.add_argument("--model", choices=sorted(REFERENCES), help="a reference model's N, D and architecture")
+    what.add_argument("--model", choices=sorted(REFERENCES) + sorted(MOE_PRESETS),
+                      help="a reference model's N, D and architecture (mixtral-8x7b, gpt4-rumoured: mixtures of experts)")
     what.add_argument("--params", help="parameters N, e.g. 7e9 or 7B")
+    what.add_argument("--active-params", help="a mixture of experts: parameters active per token, e.g. 12.9B")
     what.add_argument("--tokens", help="training tokens D, e.g. 2T (default with --params: 20·N, Chinchilla-optimal)")
     what.add_argument("--from-run", metavar="RUN_DIR", help="scale a measured run: its tokens/s and parameter count")
     what.add_argument("--layers", type=int, help="n_layer (for the attention FLOPs and activation memory)")
@@ -381,22 +448,37 @@ def figures(args) -> tuple[dict, str]:
 
 
 def _estimate_from_args(args, hardware: Hardware, mfu: float) -> tuple[dict, str]:
-    header = []
+    header, notes = [], []
+    active = parse_amount(args.active_params, "--active-params") if getattr(args, "active_params", None) else None
     if args.model:
-        r = REFERENCES[args.model]
+        r = REFERENCES.get(args.model) or MOE_PRESETS[args.model]
         n = parse_amount(args.params, "--params") if args.params else r.n_params
+        if isinstance(r, MoEPreset) and active is None and not args.params:
+            active = r.n_active
         d = parse_amount(args.tokens, "--tokens") if args.tokens else r.n_tokens
+        if d is None:  # not published: assume 20 tokens per active parameter
+            d = 20 * (active or n)
+            notes.append(f"{r.name}'s training tokens are not published: D = 20·N_active assumed; give --tokens")
         arch = dict(n_layer=args.layers or r.n_layer, d_model=args.d_model or r.d_model, n_head=args.heads or r.n_head,
                     seq_len=args.context or r.seq_len, vocab=args.vocab or r.vocab)
         header = [f"{r.name}: {r.source}"]
+        if isinstance(r, MoEPreset):
+            header.append(f"  {r.n_experts} experts, {r.experts_per_token} per token: {human(r.n_params)} parameters, "
+                          f"{human(r.n_active)} active (shared + {r.experts_per_token}/{r.n_experts} of the experts)")
+            if r.published_flops:
+                header.append(f"  reported training FLOPs {human_flops(r.published_flops)} (6·N_active·D here)")
     else:
         n = parse_amount(args.params, "--params")
-        d = parse_amount(args.tokens, "--tokens") if args.tokens else 20 * n
+        d = parse_amount(args.tokens, "--tokens") if args.tokens else 20 * (active or n)
         arch = dict(n_layer=args.layers, d_model=args.d_model, n_head=args.heads, seq_len=args.context, vocab=args.vocab)
     f = estimate_figures(estimate(n, d, hardware, args.gpus, mfu, args.price, args.pue, micro_batch=args.micro_batch,
-                                  days=args.days, **arch))
+                                  days=args.days, n_active=active, **arch))
+    f["notes"] = notes + f["notes"]
     if args.model:
         f["model"] = {"key": args.model, "name": r.name, "source": r.source}
+        if isinstance(r, MoEPreset):
+            f["model"].update(n_experts=r.n_experts, experts_per_token=r.experts_per_token, expert_params=r.expert_params,
+                              shared_params=r.shared_params, published_flops=r.published_flops)
     return f, "\n".join(header + [format_estimate(f)])
 
 
