@@ -330,8 +330,10 @@ def specialisation(s: Settings, seed: int) -> dict:
                 "specialised_experts": float(np.mean([l["specialised_experts"] for l in ls])),
                 "layers": [{k: v for k, v in l.items() if k != "fractions"} for l in ls]}
 
+    trained_summary, init_summary = summary(trained), summary(at_init)
     return {"val_loss": record["val_loss"], "domain_share": float(labels.mean()),
-            "trained": summary(trained), "init": summary(at_init),
+            "trained": trained_summary, "init": init_summary,
+            "mi_gain_bits": trained_summary["mi_bits"] - init_summary["mi_bits"],
             "detail": {"trained_fractions": [l["fractions"] for l in trained["layers"]],
                        "init_fractions": [l["fractions"] for l in at_init["layers"]]}}
 

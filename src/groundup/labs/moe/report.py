@@ -111,8 +111,9 @@ def verdicts(results: dict) -> dict[str, str]:
         f"{short(tr['null_p99'], '.3f')} bits; above it in every layer of {'every' if above else 'not every'} seed "
         f"(largest p = {max(r['results']['specialisation']['trained']['max_p_value'] for r in results['per_seed']):.3f}). "
         f"{short(tr['specialised_experts'], '.1f')} experts per layer take ≥ 90% of their tokens from one domain. "
-        f"The untrained router already carries {stat(init['mi_bits'], '.3f')} bits: the two domains use different "
-        "characters, so some routing by domain needs no training. Refuted by a trained MI within the shuffled null; "
+        f"The untrained router already carries {stat(init['mi_bits'], '.3f')} bits (training changed the MI by "
+        f"{stat(sp['mi_gain_bits'], '.3f', True)} bits): the two domains use different characters, so some routing by "
+        "domain needs no training. Refuted by a trained MI within the shuffled null; "
         "tests/test_lab_moe.py shows the probe scoring ~0 on a router that ignores its input.")
 
     ke = agg["k_and_e"]
