@@ -411,6 +411,7 @@ def make_results(settings: Settings, seeds: list[int], per_seed: list[dict], mod
 def run_lab(settings: Settings, seeds: list[int], out: str | Path, mode: str = "default", say=print) -> dict:
     """Every seed, then results.json, report.md and the plots in `out` (rewritten after each seed)."""
     settings.validate()
+    threads = torch.get_num_threads()
     torch.set_num_threads(settings.threads)
     start = time.perf_counter()
 
@@ -419,7 +420,10 @@ def run_lab(settings: Settings, seeds: list[int], out: str | Path, mode: str = "
         harness.write_outputs(report, results, out)
         return results
 
-    per_seed = harness.run_seeds(lambda seed: run_seed(settings, seed, say), seeds, say, after_each=write)
+    try:
+        per_seed = harness.run_seeds(lambda seed: run_seed(settings, seed, say), seeds, say, after_each=write)
+    finally:
+        torch.set_num_threads(threads)  # the caller's setting back (a test session, a notebook)
     return write(per_seed)
 
 
