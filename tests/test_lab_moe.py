@@ -186,6 +186,7 @@ def quick_run(tmp_path_factory):
     return out, time.process_time() - start
 
 
+@pytest.mark.slow  # shares the ~10–20 s quick run (every model of the lab, tiny)
 def test_quick_run_end_to_end(quick_run):
     out, seconds = quick_run
     results = json.loads((out / "results.json").read_text())
@@ -216,12 +217,14 @@ def test_quick_run_end_to_end(quick_run):
     assert seconds < 60, f"--quick took {seconds:.0f} CPU seconds"
 
 
+@pytest.mark.slow  # shares the ~10–20 s quick run (every model of the lab, tiny)
 def test_report_from_regenerates_the_same_report(quick_run, tmp_path):
     out, _ = quick_run
     assert main(["lab", "moe", "--report-from", str(out / "results.json"), "--out", str(tmp_path)]) == 0
     assert (tmp_path / "report.md").read_text() == (out / "report.md").read_text()
 
 
+@pytest.mark.slow  # shares the ~10–20 s quick run (every model of the lab, tiny)
 def test_docs_page_regenerates_from_a_results_file(quick_run, tmp_path):
     out, _ = quick_run
     (tmp_path / "results").mkdir()
@@ -238,6 +241,7 @@ def _summary(mean: float, half: float | None = 0.01) -> dict:
     return {"mean": mean, "sd": None, "ci95": None if half is None else [mean - half, mean + half], "n": 3}
 
 
+@pytest.mark.slow  # shares the ~10–20 s quick run (every model of the lab, tiny)
 def test_verdicts_can_fail(quick_run):
     out, _ = quick_run
     results = json.loads((out / "results.json").read_text())
