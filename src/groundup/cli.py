@@ -217,6 +217,7 @@ LABS = {
     "scaling": ("groundup.labs.scaling", "train a grid of models and fit loss = a·C^-α"),
     "attention-cost": ("groundup.labs.attention_cost", "time and memory of attention against sequence length"),
     "geometry": ("groundup.labs.geometry", "sinusoidal positions as rotations, attention head kinds, embedding neighbours"),
+    "moe": ("groundup.labs.moe", "mixture of experts: same-compute loss, balance, specialisation, k and E, cost"),
 }
 
 
