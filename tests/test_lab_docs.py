@@ -16,8 +16,10 @@ from groundup.labs import docs
 from conftest import REPO
 
 DOCS = REPO / "docs" / "labs"
-# Labs whose default run has not been committed yet: their page is still hand-written. Empty now.
-NOT_YET_RUN: set[str] = set()
+# Labs whose default run has not been committed yet (the lead runs them on a quiet machine).
+# attention-cost: lab version 3 (widths, the fit with a constant, FLOP/s) reports from results the
+# committed version-2 file does not have; its page is regenerated once the default run is committed.
+NOT_YET_RUN: set[str] = {"attention-cost"}
 
 
 @pytest.mark.parametrize("lab", list(docs.LABS))
