@@ -96,7 +96,7 @@ def test_time_exponent_is_flops_exponent_minus_flops_per_s_exponent():
     assert all(r["flops_per_s"] == pytest.approx(r["flops"] / r["seconds"]) for r in rows)
 
 
-def _width(d, b, a=1e-6, rate_exp=0.3):
+def _width(d, b, a=1e-6):
     return {"d": d, **{p: {"quadratic_coef": b, "linear_coef": a} for p in ac.PATHS}}
 
 

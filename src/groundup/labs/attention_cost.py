@@ -302,7 +302,7 @@ def flops_verdict(analysis: dict, n_seeds: int) -> str:
     slopes), so the explanation holds if the FLOP/s exponent is above 0 (95% lower bound)."""
     s = analysis["sdpa"]
     rising = lower(s["flops_per_s_exponent"]) > 0
-    return ((f"Explained: " if rising else "NOT explained by FLOP/s: ")
+    return (("Explained: " if rising else "NOT explained by FLOP/s: ")
             + f"over the longer half of the lengths the fused path's FLOPs grow as T^{stat(s['flops_exponent'], '.2f')} "
             f"and its achieved FLOP/s as T^{stat(s['flops_per_s_exponent'], '.2f')} "
             f"({s['flops_per_s_shortest']['mean'] / 1e9:.2f} → {s['flops_per_s_longest']['mean'] / 1e9:.2f} GFLOP/s), "
@@ -366,8 +366,10 @@ def plots(results: dict, out: str | Path) -> list[Path]:
             for path, style in zip(PATHS, ("o-", "s--")):
                 T = cfg["lengths"]
                 r = [by[(path, d, t)][key] for t in T]
-                ax.errorbar(T, [x["mean"] * scale for x in r],
-                            yerr=[0.0 if x["ci95"] is None else (x["ci95"][1] - x["ci95"][0]) / 2 * scale for x in r],
+                mean = [x["mean"] * scale for x in r]
+                lo = [0.0 if x["ci95"] is None else min(x["mean"] - x["ci95"][0], 0.9 * x["mean"]) * scale for x in r]
+                hi = [0.0 if x["ci95"] is None else (x["ci95"][1] - x["mean"]) * scale for x in r]
+                ax.errorbar(T, mean, yerr=[lo, hi],  # the lower bar stops above 0 on the log axis
                             fmt=style, color=f"C{k}", capsize=2, ms=3, label=f"{path}, C = {d}")
         ax.legend(fontsize=7, ncol=2)
         paths.append(save_figure(fig, out / fname))
