@@ -416,3 +416,23 @@ def test_moe_config_round_trips_through_a_run_directory(tmp_path):
     saved = json.loads((tmp_path / "r" / "config.json").read_text())
     assert saved["model"]["n_experts"] == 4 and saved["model"]["activation"] == "swiglu"
     assert math.isclose(ckpt.read_run_config(tmp_path / "r").model.capacity_factor, 1.0)
+    from groundup.sample import SamplingSettings, sample_text
+
+    text = sample_text(tmp_path / "r", "To be", SamplingSettings(max_new_tokens=10, seed=1), device="cpu")
+    assert len(text) >= 10
+
+
+def test_generation_with_experts_is_the_same_with_and_without_the_kv_cache():
+    from groundup.sample import SamplingSettings, generate
+
+    torch.manual_seed(0)
+    model = GPT(moe_config(activation="swiglu")).double()
+    settings = SamplingSettings(max_new_tokens=24, temperature=1.0, seed=5)  # 24 > 16: the window slides
+    assert list(generate(model, [1, 2, 3], settings, use_cache=True)) == list(generate(model, [1, 2, 3], settings, use_cache=False))
+
+
+def test_a_sparse_model_cannot_be_exported_as_gpt2():
+    from groundup.interop.hf import check_exportable
+
+    with pytest.raises(ConfigError, match="n_experts"):
+        check_exportable(ModelConfig(vocab_size=50, positional="learned", n_experts=4))

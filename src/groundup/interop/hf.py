@@ -80,7 +80,7 @@ def hf_config_kwargs(config: ModelConfig) -> dict:
 
 
 def check_exportable(config: ModelConfig) -> None:
-    wanted = dict(positional="learned", norm="pre", activation="gelu", bias=True, tie_embeddings=True)
+    wanted = dict(positional="learned", norm="pre", activation="gelu", bias=True, tie_embeddings=True, n_experts=0)
     wrong = {k: getattr(config, k) for k, v in wanted.items() if getattr(config, k) != v}
     if wrong:
         raise ConfigError(f"GPT-2 layout needs {wanted}; this model has {wrong}")

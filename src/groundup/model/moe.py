@@ -23,7 +23,10 @@ Auxiliary losses (per sparse layer, on all N tokens, before drops; GPT.aux_loss(
                                      Pᵢ = mean_t p[t, i]                     (Switch, eq. 4)
     z       = β · mean_t (logsumexp_e logits[t, e])²                         (ST-MoE, Zoph et al. 2022)
 
-The balance term is HF transformers' Mixtral `load_balancing_loss_func` on one layer, times α.
+The balance term is HF transformers' Mixtral `load_balancing_loss_func` on one layer, times α. Both
+are computed on the tokens of one forward: per micro-batch and, under torchrun, per rank (as Switch
+does); f·P is not linear in the batch, so the balance term of a split batch differs slightly from
+that of the whole.
 
 The experts are stacked tensors — up.weight (E, H, C), down.weight (E, C, H) — applied in one
 batched product per projection: assignments are sorted by expert, then either
@@ -31,6 +34,13 @@ batched product per projection: assignments are sorted by expert, then either
 does not take) the groups are padded to the largest and multiplied with one torch.bmm. No loop runs
 over tokens or experts. An expert that receives no tokens still gets a (zero) gradient, so DDP and
 FSDP synchronise every parameter on every step.
+
+What the trainer and the labs read after a forward (also through GPT: moe_layers(), aux_loss(),
+routing_stats(), routing_summary()):
+
+    layer.aux_loss   this layer's balance + z loss, a scalar with gradient
+    layer.stats      RoutingStats: tokens_per_expert (E,), dropped, entropy, expert_indices (N, k), capacity
+    layer.route(x)   (logits, p, gates, indices) for x (N × C), without running the experts
 """
 
 from __future__ import annotations
@@ -112,6 +122,8 @@ def grouped_mm_applies(device: torch.device, dtype: torch.dtype, *widths: int) -
         return False  # the CUDA kernels take bf16, on Hopper and later
     if device.type not in ("cpu", "cuda"):
         return False
+    if torch.compiler.is_compiling() and dtype != torch.bfloat16:
+        return False  # torch.compile's shape propagation (fake tensors) takes bf16 only, as on CUDA
     per_16_bytes = 128 // torch.finfo(dtype).bits  # elements in 16 bytes
     return all(w % per_16_bytes == 0 for w in widths)
 
@@ -242,8 +254,3 @@ class MixtureOfExperts(nn.Module):
         if self.z_coef:
             loss = loss + self.z_coef * torch.logsumexp(logits, dim=-1).square().mean()
         return loss
-
-
-def is_moe(module: nn.Module) -> bool:
-    return isinstance(module, MixtureOfExperts)
-
