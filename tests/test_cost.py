@@ -34,6 +34,44 @@ def test_gpt3_is_about_3_1e23_flops():
     assert accounting.training_flops(r.n_params, r.n_tokens) == pytest.approx(3.15e23, rel=1e-3)
 
 
+def test_node_power_per_gpu_is_the_dgx_figure_less_the_board():
+    """DGX H100 ≈ 10.2 kW for 8 GPUs of 700 W: 10,200 / 8 = 1,275 W per GPU, 575 W of it the host.
+    One H100 for 1,000 hours at PUE 1.2: (700 + 575) W × 1,000 h × 1.2 = 1,530 kWh (840 kWh the board alone)."""
+    assert PRESETS["H100"].host_watts == 575 and PRESETS["H200"].host_watts == 575
+    assert PRESETS["A100"].host_watts == 6500 / 8 - 400 == 412.5
+    flops = 1000 * 3600 * 989e12 * 0.4  # exactly 1,000 H100-hours at 40% MFU
+    p = accounting.project(flops, PRESETS["H100"], 1, mfu=0.4, price=2.5, pue=1.2)
+    assert p.gpu_hours == pytest.approx(1000) and p.kwh == pytest.approx(1530) and p.kwh_boards == pytest.approx(840)
+    hw = cost.hardware_with("h100", host_watts_per_gpu=0)  # --host-watts-per-gpu 0: the boards alone
+    assert accounting.project(flops, hw, 1, mfu=0.4, pue=1.2).kwh == pytest.approx(840)
+
+
+def test_validation_recomputes_llama3_implied_mfu_by_hand():
+    """6·N·D = 6 × 405e9 × 15.6e12 = 3.7908e25 FLOPs; 30.84M H100-hours at 989 TFLOP/s peak are
+    30.84e6 × 3600 × 989e12 = 1.09802e26 FLOPs of capacity; 3.7908e25 / 1.09802e26 = 34.52%.
+    With attention: + 12 × 126 × 8192 × 16384 × 15.6e12 = 3.1653e24 → 4.1073e25 → 37.41%, just
+    under the 38–43% Meta measured in steady-state pre-training (Dubey et al. 2024, Table 4)."""
+    rows = {r["key"]: r for r in cost.validation()["runs"]}
+    llama = rows["llama3-405b"]
+    assert llama["implied_mfu_6ND"] == pytest.approx(0.34524, abs=5e-5)
+    assert llama["implied_mfu_with_attention"] == pytest.approx(0.37407, abs=5e-5)
+    assert llama["reported_mfu"] == [0.38, 0.43]
+    # llm.c: (6 × 123.56M + 12 × 12 × 1024 × 768) × 10e9 = 8.546e18 FLOPs over 12 A100-hours at 312 TFLOP/s.
+    assert rows["llmc-124m"]["implied_mfu_with_attention"] == pytest.approx(8.546e18 / (12 * 3600 * 312e12), rel=1e-3)
+    assert rows["llmc-124m"]["implied_price"] == pytest.approx(20 / 12)
+    for r in rows.values():  # every published run implies an MFU a real cluster can reach
+        assert 0.2 < r["implied_mfu_6ND"] < r["implied_mfu_with_attention"] < 0.7, r
+
+
+def test_cli_cost_validate_text_and_json(capsys):
+    code, text, err = _cli(capsys, "cost", "--validate")
+    assert code == 0, err
+    assert "Llama 3.1 405B" in text and "34.5%" in text and "37.4%" in text and "GPT-3 175B" in text
+    code, raw, err = _cli(capsys, "cost", "--validate", "--json")
+    assert code == 0, err
+    _assert_every_printed_figure_is_in_the_json(text, json.loads(raw))
+
+
 def test_published_gpu_hours_imply_a_plausible_mfu():
     """Llama-2 published GPU-hours, not FLOPs: 6·N·D over those hours must be a believable MFU."""
     rows = {r["key"]: r for r in cost.reference_table()}
@@ -100,7 +138,11 @@ def test_time_money_and_energy_arithmetic():
     assert p.gpu_hours == pytest.approx(1000)
     assert p.days == pytest.approx(100 / 24)  # 1000 GPU-hours on 10 GPUs = 100 hours
     assert p.dollars == pytest.approx(2000)
-    assert p.kwh == pytest.approx(1000 * 1.0 * 1.5)  # GPU-hours × kW × PUE
+    assert p.kwh == pytest.approx(1000 * 1.0 * 1.5)  # GPU-hours × kW × PUE (this Hardware has no host power)
+    # The whole node: 1000 GPU-hours × (1000 W board + 250 W host) × PUE 1.5 = 1,875 kWh; the boards alone 1,500.
+    p = accounting.project(1.8e21, hw, n_gpus=10, mfu=0.5, price=2.0, pue=1.5, host_watts_per_gpu=250)
+    assert p.kwh == pytest.approx(1875) and p.kwh_boards == pytest.approx(1500)
+    assert accounting.energy_kwh(1000, 1000, 250, 1.5) == pytest.approx(1875)
     assert accounting.gpus_for_days(1.8e21, hw, days=100 / 24, mfu=0.5) == 10
     with pytest.raises(ConfigError):
         accounting.project(1e20, hw, 1, mfu=1.5)
@@ -153,7 +195,7 @@ def test_cost_bands_put_1e26_flops_in_the_quoted_dollar_range():
     for r in rows:
         assert r["days"] <= 90 and r["dollars"] == pytest.approx(r["gpu_hours"] * accounting.DEFAULT_PRICE)
         assert 6 * r["N"] * r["D"] == pytest.approx(r["flops"]) and r["D"] == pytest.approx(20 * r["N"])
-        assert r["mwh"] == pytest.approx(r["gpu_hours"] * 0.7 * accounting.DEFAULT_PUE / 1000)
+        assert r["mwh"] == pytest.approx(r["gpu_hours"] * (0.7 + 0.575) * accounting.DEFAULT_PUE / 1000)  # board + host
     assert 10e6 < rows[2]["dollars"] < 1e9  # "frontier runs cost $10M–$1B"
     assert rows[1]["gpu_hours"] == pytest.approx(10 * rows[0]["gpu_hours"])
 
@@ -296,6 +338,7 @@ def _assert_every_printed_figure_is_in_the_json(text: str, data: dict) -> None:
     [],
     ["--params", "7B"],
     ["--params", "7B", "--gpus", "1", "--gpu", "A100", "--mfu", "0.31", "--price", "1.7", "--pue", "1.1"],
+    ["--params", "7B", "--host-watts-per-gpu", "300", "--pue", "1.4"],
     ["--params", "7B", "--tokens", "2T", "--layers", "32", "--d-model", "4096", "--heads", "32", "--context", "4096",
      "--gpus", "256", "--gpu", "A100"],
     ["--model", "llama3-405b", "--gpus", "16384"],
@@ -322,7 +365,8 @@ def test_cli_cost_json_is_full_precision_and_matches_the_text(capsys):
     assert data["memory"]["activations"] is None and data["memory"]["activations_counted"] is False
     assert data["days"] == pytest.approx(hours / 2 / 24, rel=1e-12)
     assert data["dollars"] == pytest.approx(hours * 2.5, rel=1e-12)
-    assert data["kwh"] == pytest.approx(hours * 700 * 1.2 / 1000, rel=1e-12)
+    assert data["kwh"] == pytest.approx(hours * (700 + 575) * 1.2 / 1000, rel=1e-12)  # DGX H100: 10.2 kW / 8 GPUs
+    assert data["kwh_boards"] == pytest.approx(hours * 700 * 1.2 / 1000, rel=1e-12)
     assert data["decode_tokens_per_s"] == pytest.approx(3350e9 / (2 * 7e9), rel=1e-12)
     _, raw_bands, _ = _cli(capsys, "cost", "--json")
     for row in json.loads(raw_bands)["bands"]["rows"]:
@@ -330,7 +374,7 @@ def test_cli_cost_json_is_full_precision_and_matches_the_text(capsys):
         assert row["gpu_hours"] == pytest.approx(row_hours, rel=1e-12)
         assert row["days"] == pytest.approx(row_hours / row["gpus"] / 24, rel=1e-12)
         assert row["dollars"] == pytest.approx(row_hours * 2.5, rel=1e-12)
-        assert row["mwh"] == pytest.approx(row_hours * 0.7 * 1.2 / 1000, rel=1e-12)
+        assert row["mwh"] == pytest.approx(row_hours * 1.275 * 1.2 / 1000, rel=1e-12)
     for printed in (f"{data['gpu_hours']:,.0f} GPU-hours", f"{data['days']:,.1f} days on 2 GPUs", f"${data['dollars']:,.0f}",
                     f"{data['mwh']:,.1f} MWh"):
         assert printed in text, printed
@@ -342,6 +386,7 @@ def test_cli_cost_json_is_full_precision_and_matches_the_text(capsys):
     (["--from-run", "/nonexistent/run"], "not a run directory"),
     (["--params", "1B", "--mfu", "0"], "mfu"),
     (["--tokens", "1T"], "--params"),
+    (["--params", "1B", "--host-watts-per-gpu", "-5"], "--host-watts-per-gpu"),
 ])
 def test_cli_cost_bad_input_is_a_clean_error(capsys, args, fragment):
     code, _, err = _cli(capsys, "cost", *args)

@@ -12,7 +12,8 @@ It imports nothing from model/, train/ or labs/: it sits at the bottom of the la
     activations                s·b·h·(34 + 5·a·s/h) bytes per layer, 16-bit (Korthikanti et al. 2022, eq. 2)
     GPU-hours                  C / (peak FLOP/s · MFU) / 3600
     dollars                    GPU-hours · $/GPU-hour
-    energy                     GPU-hours · board watts · PUE / 1000   (kWh)
+    energy                     GPU-hours · (board watts + host watts per GPU) · PUE / 1000   (kWh)
+    implied MFU                C / (GPU-hours · 3600 · peak)   (the GPU-hours line solved for MFU)
 
 Conventions: N counts the weights that multiply activations (for our GPT: every matrix in the blocks
 plus the LM head; embedding lookups, biases and norm gains do no matmul). The attention term counts
@@ -190,6 +191,22 @@ def gpu_hours(flops: float, peak_flops: float, mfu: float) -> float:
     return flops / (peak_flops * mfu) / 3600.0
 
 
+def implied_mfu(flops: float, gpu_hours: float, peak_flops: float) -> float:
+    """The MFU a run of C FLOPs that took `gpu_hours` implies: gpu_hours solved for MFU,
+    MFU = C / (GPU-hours · 3600 · peak). Above 1 means the FLOP count or the hours are wrong."""
+    return flops / (gpu_hours * 3600.0 * peak_flops)
+
+
+def energy_kwh(gpu_hours: float, board_watts: float, host_watts_per_gpu: float = 0.0, pue: float = DEFAULT_PUE) -> float:
+    """kWh = GPU-hours · (board W + host W per GPU) · PUE / 1000.
+
+    The node's CPUs, memory, network and fans (host_watts_per_gpu: a DGX H100 draws ≈ 10.2 kW for
+    8 GPUs of 700 W, so 575 W per GPU besides the board) and the data centre's cooling and power
+    conversion (PUE = facility energy / IT energy) on top of the GPU boards, all at full power for
+    the whole run."""
+    return gpu_hours * (board_watts + host_watts_per_gpu) * pue / 1000.0
+
+
 @dataclass
 class Projection:
     flops: float
@@ -199,22 +216,28 @@ class Projection:
     gpu_hours: float
     days: float
     dollars: float
-    kwh: float
+    kwh: float  # the whole node (boards + host) × PUE
     price: float
     pue: float
+    host_watts_per_gpu: float = 0.0
+    kwh_boards: float = 0.0  # the GPU boards alone × PUE, for comparison with card-only estimates
 
 
 def project(flops: float, hardware: Hardware, n_gpus: int, mfu: float = DEFAULT_MFU,
-            price: float = DEFAULT_PRICE, pue: float = DEFAULT_PUE) -> Projection:
+            price: float = DEFAULT_PRICE, pue: float = DEFAULT_PUE, host_watts_per_gpu: float | None = None) -> Projection:
     """GPU-hours = C / (peak·MFU) / 3600; days = GPU-hours / K / 24; $ = GPU-hours·price;
-    kWh = GPU-hours·watts·PUE / 1000 (GPUs at board power the whole time; CPUs, network and
-    storage are not counted beyond what PUE adds)."""
+    kWh = energy_kwh(GPU-hours, board W, host W per GPU, PUE): the whole node at full power the
+    whole time, times PUE. host_watts_per_gpu None: the hardware preset's (DGX power / 8 − board)."""
+    host = hardware.host_watts if host_watts_per_gpu is None else host_watts_per_gpu
     check_positive(mfu=mfu, n_gpus=n_gpus, price=price, pue=pue)
+    if host < 0 or not math.isfinite(host):
+        raise ConfigError(f"host watts per GPU must be a number ≥ 0, got {host!r}")
     if mfu > 1:
         raise ConfigError(f"MFU is a fraction of peak, between 0 and 1; got {mfu}")
     hours = gpu_hours(flops, hardware.peak_flops, mfu)
     return Projection(flops, hardware.name, n_gpus, mfu, hours, hours / n_gpus / 24.0, hours * price,
-                      hours * hardware.watts * pue / 1000.0, price, pue)
+                      energy_kwh(hours, hardware.watts, host, pue), price, pue, host,
+                      energy_kwh(hours, hardware.watts, 0.0, pue))
 
 
 def gpus_for_days(flops: float, hardware: Hardware, days: float, mfu: float = DEFAULT_MFU) -> int:

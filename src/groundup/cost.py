@@ -29,7 +29,7 @@ import torch
 from groundup.accounting import (
     active_params, DECODE_BYTES_PER_PARAM, DEFAULT_GPU, DEFAULT_MFU, DEFAULT_PRICE, DEFAULT_PUE, STATE_BYTES_PER_PARAM, USABLE_MEMORY,
     TrainingMemory, check_positive, chinchilla_params, decode_tokens_per_s, gpus_for_days, inference_flops_per_token,
-    Projection, min_gpus, model_flops_utilization, project, state_memory, training_flops, training_flops_per_token, training_memory,
+    Projection, min_gpus, model_flops_utilization, project, implied_mfu, state_memory, training_flops, training_flops_per_token, training_memory,
 )
 from groundup.errors import ConfigError, GroundupError
 from groundup.hardware import PRESETS, Hardware
@@ -40,12 +40,13 @@ from groundup.util.metrics import read_metrics
 
 
 def hardware_with(name: str = DEFAULT_GPU, peak_tflops: float | None = None, memory_gb: float | None = None,
-                  bandwidth_gbs: float | None = None, watts: float | None = None) -> Hardware:
+                  bandwidth_gbs: float | None = None, watts: float | None = None,
+                  host_watts_per_gpu: float | None = None) -> Hardware:
     """A preset from groundup.hardware, with any figure overridden."""
     key = name.upper()
     if key not in PRESETS:
         raise ConfigError(f"unknown GPU {name!r}; presets: {', '.join(PRESETS)} (override any figure with "
-                          "--peak-tflops, --memory-gb, --bandwidth-gbs, --watts)")
+                          "--peak-tflops, --memory-gb, --bandwidth-gbs, --watts, --host-watts-per-gpu)")
     hw = PRESETS[key]
     changes = {}
     for flag, attr, unit, value in [("peak-tflops", "peak_flops", 1e12, peak_tflops), ("memory-gb", "memory_bytes", 1e9, memory_gb),
@@ -53,6 +54,10 @@ def hardware_with(name: str = DEFAULT_GPU, peak_tflops: float | None = None, mem
         if value is not None:
             check_positive(**{flag.replace("-", "_"): value})
             changes[attr] = value * unit
+    if host_watts_per_gpu is not None:
+        if not (isinstance(host_watts_per_gpu, (int, float)) and 0 <= host_watts_per_gpu < float("inf")):
+            raise ConfigError(f"--host-watts-per-gpu must be a number ≥ 0 (0: count the GPU boards only), got {host_watts_per_gpu!r}")
+        changes["host_watts"] = float(host_watts_per_gpu)
     if changes:
         hw = replace(hw, name=hw.name + " (overridden)", source=hw.source + "; overridden on the command line", **changes)
     return hw
@@ -160,6 +165,98 @@ def reference_table(mfu: float = DEFAULT_MFU) -> list[dict]:
     return rows
 
 
+# ---- validation against published runs ---------------------------------------------------------
+@dataclass(frozen=True)
+class PublishedRun:
+    """A training run whose makers published the hardware time it took. Its FLOPs come from our
+    model (6·N·D, and with attention 6·N + 12·L·T·d per token), not from theirs, so the MFU it
+    implies tests the FLOP model and the MFU assumption together; where the authors report an MFU
+    measured during training, the two can be compared."""
+
+    key: str
+    name: str
+    n_params: float
+    n_tokens: float
+    n_layer: int
+    d_model: int
+    seq_len: int
+    gpu: str  # a groundup.hardware preset
+    gpu_hours: float
+    reported_mfu: tuple[float, float] | None  # (low, high) as the authors state it; None: not reported
+    source: str
+    caveat: str = ""
+    dollars: float | None = None  # the stated price of the run, where one is
+
+
+# GPT-2 124M as nanoGPT and llm.c train it: 12 layers of 12·768² matrix weights, the LM head tied
+# to a 50,304-row embedding (GPT-2's 50,257 padded to a multiple of 64). N counts the matrices.
+_GPT2_124M = 12 * 12 * 768 * 768 + 50304 * 768  # 123.6M
+
+PUBLISHED_RUNS: tuple[PublishedRun, ...] = (
+    PublishedRun("llama3-405b", "Llama 3.1 405B", 405e9, 15.6e12, 126, 16384, 8192, "H100", 30.84e6, (0.38, 0.43),
+                 "Dubey et al. 2024 (The Llama 3 Herd of Models): 15.6T tokens (§3.3), architecture (Table 3), "
+                 "38–43% BF16 MFU on 8K–16K H100s (Table 4); Llama 3.1 model card: 30.84M H100-80GB GPU-hours",
+                 "the GPU-hours are the whole run (long-context stage, annealing, restarts: 419 unexpected interruptions in one 54-day snapshot, §3.3.4), "
+                 "the reported MFU steady-state pre-training at 8K context"),
+    PublishedRun("llama2-70b", "Llama 2 70B", 70e9, 2.0e12, 80, 8192, 4096, "A100", 1_720_320, None,
+                 "Touvron et al. 2023 (Llama 2), Table 1 (2.0T tokens, 4K context) and Table 2 / the model card: "
+                 "1,720,320 A100-80GB GPU-hours; no MFU or FLOP count published",
+                 "N is the rounded 70B (grouped-query attention makes the model ≈ 69B)"),
+    PublishedRun("nanogpt-124m", "nanoGPT GPT-2 124M", _GPT2_124M, 600_000 * 12 * 1024 * 40, 12, 768, 1024, "A100",
+                 4 * 24 * 8, (0.37, 0.37),
+                 "nanoGPT README: GPT-2 124M on OpenWebText on one 8×A100-40GB node in about 4 days; "
+                 "config/train_gpt2.py: 600,000 iterations × 491,520 tokens = 295B; MFU ≈ 37% on one A100 "
+                 "(README / transformer_sizing notebook, same 6N + 12·L·T·d count)",
+                 "\"about 4 days\" is rounded and includes evaluation; the 37% is one GPU, not the 8-GPU DDP run"),
+    PublishedRun("llmc-124m", "llm.c GPT-2 124M", _GPT2_124M, 10e9, 12, 768, 1024, "A100", 1.5 * 8, None,
+                 "llm.c discussion #481 (Karpathy, May 2024): GPT-2 124M on 10B FineWeb tokens in ≈ 90 minutes on "
+                 "one 8×A100-80GB SXM node, ≈ $20",
+                 "\"≈ 90 minutes\" is rounded", dollars=20.0),
+)
+NOT_VALIDATED = ("GPT-3 175B: OpenAI published its FLOPs (3.14e23, Brown et al. 2020, Table D.1) but no GPU-hours; "
+                 "the V100 count and days quoted elsewhere are third-party estimates (Patterson et al. 2021) we did "
+                 "not check against a source, so GPT-3 is not in this table.")
+
+
+def validation() -> dict:
+    """Each published run: our FLOPs, the MFU its measured GPU-hours imply
+    (accounting.implied_mfu: C / (GPU-hours·3600·peak)), and the MFU its authors report."""
+    rows = []
+    for r in PUBLISHED_RUNS:
+        hw = PRESETS[r.gpu]
+        simple = training_flops(r.n_params, r.n_tokens)
+        detailed = training_flops_per_token(r.n_params, r.n_layer, r.d_model, r.seq_len) * r.n_tokens
+        row = {"key": r.key, "name": r.name, "N": r.n_params, "D": r.n_tokens, "n_layer": r.n_layer, "d_model": r.d_model,
+               "seq_len": r.seq_len, "gpu": r.gpu, "peak_flops": hw.peak_flops, "gpu_hours": r.gpu_hours,
+               "flops_6ND": simple, "flops_with_attention": detailed,
+               "implied_mfu_6ND": implied_mfu(simple, r.gpu_hours, hw.peak_flops),
+               "implied_mfu_with_attention": implied_mfu(detailed, r.gpu_hours, hw.peak_flops),
+               "reported_mfu": list(r.reported_mfu) if r.reported_mfu else None, "source": r.source, "caveat": r.caveat}
+        if r.dollars:
+            row["dollars"] = r.dollars
+            row["implied_price"] = r.dollars / r.gpu_hours
+        rows.append(row)
+    return {"formula": "implied MFU = C / (GPU-hours · 3600 · peak)", "runs": rows, "not_validated": NOT_VALIDATED}
+
+
+def format_validation(v: dict) -> str:
+    lines = [f"the FLOP model against published runs with measured GPU-hours: {v['formula']}",
+             f"  {'run':<20} {'GPU':<5} {'GPU-hours':>11} {'6·N·D':>8} {'+attention':>10} {'MFU (6ND)':>9} "
+             f"{'MFU (+attn)':>11} {'reported':>9}"]
+    for r in v["runs"]:
+        rep = r["reported_mfu"]
+        reported = "—" if rep is None else (f"{rep[0]:.0%}" if rep[0] == rep[1] else f"{rep[0]:.0%}–{rep[1]:.0%}")
+        lines.append(f"  {r['name']:<20} {r['gpu']:<5} {r['gpu_hours']:>11,.0f} {r['flops_6ND']:>8.2e} "
+                     f"{r['flops_with_attention']:>10.2e} {r['implied_mfu_6ND']:>9.1%} {r['implied_mfu_with_attention']:>11.1%} "
+                     f"{reported:>9}")
+    lines.append("")
+    for r in v["runs"]:
+        price = f" ${r['dollars']:,.0f} → ${r['implied_price']:.2f}/GPU-hour." if "implied_price" in r else ""
+        lines.append(f"  {r['name']}: {r['source']}.{price}" + (f" Caveat: {r['caveat']}." if r["caveat"] else ""))
+    lines.append(f"  {v['not_validated']}")
+    return "\n".join(lines)
+
+
 # ---- the 1e24 / 1e25 / 1e26 bands --------------------------------------------------------------
 BANDS = (1e24, 1e25, 1e26)
 
@@ -202,7 +299,8 @@ def format_overview(o: dict) -> str:
     b, hw = o["bands"], o["bands"]["hardware"]
     lines += ["",
               f"the commonly quoted bands, on {hw['name']} at {b['mfu']:.0%} MFU, ${b['price']:.2f}/GPU-hour, "
-              f"{hw['watts']:.0f} W × PUE {b['pue']}, finishing in {b['days']:g} days; model sized Chinchilla-optimally "
+              f"({hw['watts']:.0f} W board + {hw['host_watts']:.0f} W host) per GPU × PUE {b['pue']}, finishing in "
+              f"{b['days']:g} days; model sized Chinchilla-optimally "
               f"(D = {b['tokens_per_param']:g}·N):",
               f"  {'FLOPs':>7} {'N':>7} {'D':>7} {'GPUs':>8} {'days':>6} {'GPU-hours':>12} {'dollars':>15} {'MWh':>9}"]
     for r in b["rows"]:
@@ -293,7 +391,8 @@ def estimate_figures(e: Estimate) -> dict:
                    "activations_checkpointed": mc.activations if mc else None, "usable_fraction": USABLE_MEMORY},
         "min_gpus": e.min_gpus, "min_gpus_checkpointed": e.min_gpus_checkpointed,
         "gpus": p.n_gpus, "mfu": p.mfu, "gpu_hours": p.gpu_hours, "days": p.days,
-        "price": p.price, "dollars": p.dollars, "pue": p.pue, "kwh": p.kwh, "mwh": p.kwh / 1000,
+        "price": p.price, "dollars": p.dollars, "pue": p.pue, "host_watts_per_gpu": p.host_watts_per_gpu,
+        "kwh": p.kwh, "mwh": p.kwh / 1000, "kwh_boards": p.kwh_boards, "mwh_boards": p.kwh_boards / 1000,
         "notes": list(e.notes),
     }
 
@@ -326,7 +425,8 @@ def format_estimate(f: dict) -> str:
     lines += [f"time: {f['gpu_hours']:,.0f} GPU-hours at {f['mfu']:.0%} MFU of {hw['peak_flops'] / 1e12:,.0f} TFLOP/s → "
               f"{f['days']:,.1f} days on {plural(f['gpus'], 'GPU')}",
               f"cost: {human_money(f['dollars'])} at ${f['price']:.2f}/GPU-hour; energy {human_energy(f['kwh'])} "
-              f"({hw['watts']:.0f} W per GPU × PUE {f['pue']})"]
+              f"(({hw['watts']:.0f} W board + {f['host_watts_per_gpu']:.0f} W host) per GPU × PUE {f['pue']}; "
+              f"the boards alone {human_energy(f['kwh_boards'])})"]
     lines += [f"note: {n}" for n in f["notes"]]
     return "\n".join(lines)
 
@@ -424,12 +524,21 @@ def add_arguments(p) -> None:
     hw.add_argument("--memory-gb", type=float, help="override the preset's memory (GB)")
     hw.add_argument("--bandwidth-gbs", type=float, help="override the preset's memory bandwidth (GB/s)")
     hw.add_argument("--watts", type=float, help="override the preset's board power (W)")
+    hw.add_argument("--host-watts-per-gpu", type=float,
+                    help="the node's power beyond the GPU boards, per GPU (W; default: DGX system power / 8 − board, "
+                         "575 W for H100; 0 counts the boards only)")
+    p.add_argument("--validate", action="store_true",
+                   help="the FLOP model against published runs with measured GPU-hours: the MFU each implies")
     p.add_argument("--json", action="store_true", help="print every figure as JSON, at full precision, instead of text")
 
 
 def figures(args) -> tuple[dict, str]:
     """The figures the arguments ask for and their text: one library call for the CLI and tests."""
-    hardware = hardware_with(args.gpu, args.peak_tflops, args.memory_gb, args.bandwidth_gbs, args.watts)
+    if getattr(args, "validate", False):
+        v = validation()
+        return v, format_validation(v)
+    hardware = hardware_with(args.gpu, args.peak_tflops, args.memory_gb, args.bandwidth_gbs, args.watts,
+                             getattr(args, "host_watts_per_gpu", None))
     mfu = DEFAULT_MFU if args.mfu is None else args.mfu
     check_positive(mfu=mfu, price=args.price, pue=args.pue)
     if args.gpus is not None and args.gpus < 1:
