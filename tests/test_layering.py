@@ -18,6 +18,7 @@ LAYERS = [
     {"serve", "demo"},
     {"labs", "cost"},
     {"sample", "interop"},
+    {"quantize"},
     {"train"},
     {"engines"},
     {"model"},
