@@ -11,7 +11,7 @@ with PyTorch's own CPU kernels:
 
 Our stored zero point z is an integer code (Ŵ = s · (q − z)), so m = s · (8 − z) gives the same
 Ŵ. The kernel layout is built from the stored tensors the first time it is needed (and again if
-they are replaced). Off the CPU, or for inputs that are not float32, Ŵ is dequantized and
+they are replaced or changed in place). Off the CPU, or for inputs that are not float32, Ŵ is dequantized and
 multiplied with F.linear: the same function, slower. The buffers `qweight`, `scales`, `zeros`
 (int4) and `bias` are the module's state dict: exactly what a quantized run stores.
 """
@@ -49,7 +49,7 @@ class QuantizedLinear(nn.Module):
             self.register_buffer("scales", torch.ones(out_features, groups))
             self.register_buffer("zeros", torch.zeros(out_features, groups, dtype=torch.uint8))
         self.register_buffer("bias", torch.zeros(out_features) if bias else None)
-        self._kernel = None  # ((qweight, scales, zeros) it was built from, packed, scales_and_zeros)
+        self._kernel = None  # ([(tensor, version) it was built from], packed, scales_and_zeros)
 
     @classmethod
     def from_quantized(cls, q: QuantizedWeight, bias: torch.Tensor | None) -> "QuantizedLinear":
@@ -84,8 +84,9 @@ class QuantizedLinear(nn.Module):
 
     def _int4_kernel_args(self):
         source = (self.qweight, self.scales, self.zeros)
-        if self._kernel is None or any(a is not b for a, b in zip(self._kernel[0], source)):
-            self._kernel = (source, *int4_kernel_layout(*source))
+        stamp = [(t, t._version) for t in source]  # replaced (assign) or changed in place (copy_)
+        if self._kernel is None or any(a is not b or u != v for (a, u), (b, v) in zip(self._kernel[0], stamp)):
+            self._kernel = (stamp, *int4_kernel_layout(*source))
         return self._kernel[1], self.group_size, self._kernel[2]
 
     def _apply(self, fn, recurse=True):  # .to(device) etc.: the kernel layout is rebuilt on demand
