@@ -18,6 +18,7 @@ LAYERS = [
     {"serve", "demo"},
     {"labs", "cost", "distill"},
     {"sample", "interop"},
+    {"quantize"},
     {"train"},
     {"engines"},
     {"model"},

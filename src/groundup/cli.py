@@ -194,6 +194,14 @@ def cmd_sample(args) -> int:
     return 0
 
 
+def cmd_quantize(args) -> int:
+    from groundup.quantize import quantize_run
+
+    quantize_run(args.run, args.out, args.bits, args.group_size, args.method, args.calibration, args.seed, args.device,
+                 head=args.quantize_head)
+    return 0
+
+
 def cmd_serve(args) -> int:
     from groundup.serve import serve
 
@@ -336,6 +344,19 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     sa.add_argument("--seed", type=int, default=None, help="same seed → same text")
     sa.add_argument("--device", default="auto")
     sa.set_defaults(func=cmd_sample)
+
+    qu = sub.add_parser("quantize", help="weight-only int8/int4 post-training quantization (RTN or GPTQ) into a new run")
+    qu.add_argument("--run", required=True, help="the trained (float) run, e.g. runs/shakespeare_char")
+    qu.add_argument("--bits", type=int, required=True, help="8 (per output channel) or 4 (group-wise, two per byte)")
+    qu.add_argument("--group-size", type=int, default=None, help="int4 only: 32, 64 or 128 input columns per scale (default 128)")
+    qu.add_argument("--method", default="rtn", help="rtn (round to nearest) or gptq (error compensation on calibration data)")
+    qu.add_argument("--calibration", type=int, default=128, help="GPTQ: calibration sequences from the training split")
+    qu.add_argument("--seed", type=int, default=0, help="GPTQ: which calibration sequences")
+    qu.add_argument("--quantize-head", action="store_true",
+                    help="quantize the LM head too (a copy; the tied embedding stays float32). Default: head kept float32")
+    qu.add_argument("--device", default="cpu", help="where to quantize and evaluate (cpu, cuda, auto)")
+    qu.add_argument("--out", required=True, help="the new run directory, e.g. runs/shakespeare_char-int4 (must not exist)")
+    qu.set_defaults(func=cmd_quantize)
 
     se = sub.add_parser("serve", help="an OpenAI-compatible HTTP API and a web page that shows inside the model")
     se.add_argument("--run", required=True, help="a run directory, e.g. runs/shakespeare_char")

@@ -18,6 +18,7 @@ from groundup.errors import GroundupError
 from groundup.labs.geometry import heads
 from groundup.model import GPT
 from groundup.model.positional import sinusoidal_table
+from groundup.quantize import match_quantization
 
 TOP = 10  # next-token candidates per position
 HEAD_PROBE_SEQUENCES = 8  # random sequences, each repeated twice, on which the heads are scored
@@ -29,6 +30,7 @@ class Inspector:
         self.tokenizer = tokenizer
         self.model = model
         self.math_model = GPT(dataclasses.replace(model.config, attention="math"))
+        match_quantization(self.math_model, model)  # a quantized run: the same QuantizedLinears
         self.math_model.load_state_dict(model.state_dict(), assign=True)  # the same tensors, not copies
         self.math_model.to(model.token_embedding.weight.device).eval()
         self.lock = threading.Lock()  # the hooks collect into one list: one inspection at a time
@@ -79,7 +81,7 @@ class Inspector:
             vocab = [i for i in range(c.vocab_size) if i != self.tokenizer.eot_id]
             L = min(32, c.block_size // 2)
             repeated = heads.repeated_random_tokens(vocab, L, HEAD_PROBE_SEQUENCES, seed=0)
-            repeated = repeated.to(self.math_model.lm_head.weight.device)
+            repeated = repeated.to(self.math_model.token_embedding.weight.device)
             with self.lock, torch.inference_mode():
                 scores = heads.head_scores(self.math_model, repeated, repeated)
             self._head_kinds = {"head_scores": scores, "head_kinds": heads.classify(scores),

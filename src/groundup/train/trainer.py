@@ -139,6 +139,9 @@ def train(config: RunConfig, run_dir: str | Path, resume: bool = False, progress
             raise ConfigError("--inject (fault injection) works with the torch engine only")
         numpy_training.check_train_config(config)
     run_dir = Path(run_dir)
+    if resume and ckpt.is_quantized(run_dir):
+        raise CheckpointError(f"{run_dir} is a quantized run (written by `groundup quantize`): its weights are integer "
+                              "codes and cannot be trained; resume the float run it was made from (its state.json names it)")
     if not resume and (run_dir / ckpt.STATE).exists():
         raise CheckpointError(f"{run_dir} already holds a trained run; continue it with `groundup train --resume {run_dir}` "
                               "or choose another --out")
