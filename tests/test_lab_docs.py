@@ -16,8 +16,9 @@ from groundup.labs import docs
 from conftest import REPO
 
 DOCS = REPO / "docs" / "labs"
-# Labs whose default run has not been committed yet: their page is still hand-written. Empty now.
-NOT_YET_RUN: set[str] = set()
+# Labs whose default run at the current lab version has not been committed yet: their page is still
+# the previous version's. scaling: lab version 3 (issue #16) awaits the lead's default run.
+NOT_YET_RUN: set[str] = {"scaling"}
 
 
 @pytest.mark.parametrize("lab", list(docs.LABS))
