@@ -86,9 +86,13 @@ def test_compute_frontier_keeps_runs_that_beat_all_cheaper_ones():
 # A law of the shape the lab fits, sized for its models (losses 2.5–6.5 nats on the default grid),
 # with Besiroglu et al. 2024's exponents.
 SMALL_LAW = fits.Chinchilla(E=1.5, A=34.0, alpha=0.35, B=118.0, beta=0.37)
-# The seed-to-seed sd of val loss (nats) measured on python-stdlib (3 seeds at 1x16 and 2x32, 300 and
-# 1,000 steps), used until a lab-version-3 default run is committed; then its own pooled sd is used.
-MEASURED_NOISE = 0.01
+# The seed-to-seed sd of val loss (nats) measured on python-stdlib with the lab's settings: 3 seeds at
+# 1x16 and 2x32 × 300 and 1,000 steps gave sds 0.009–0.041, pooled 0.026. Used until a lab-version-3
+# default run is committed; then that run's own pooled sd is used.
+MEASURED_NOISE = 0.026
+# Besiroglu's exponents with E, A, B put through those four points' mean losses (5.04, 4.54, 5.06,
+# 4.15): a flatter N term than SMALL_LAW's, so the harder case for identifying α.
+MEASURED_LAW = fits.Chinchilla(E=2.9, A=13.0, alpha=0.35, B=147.0, beta=0.37)
 # python-stdlib's training split under the lab's tokenizer (BPE, 1,024) on CPython 3.11; the lab
 # reports the real count and its epochs, this only keeps the default grid under one pass.
 PYTHON_STDLIB_TRAIN_TOKENS = 4_246_926
@@ -152,17 +156,30 @@ def test_the_bootstrap_resamples_seeds_within_points():
     assert boot["m"].var() == pytest.approx(0.125, rel=0.08)
 
 
-@pytest.mark.parametrize("convention", ["N", "N_total"])
-def test_alpha_and_beta_are_identifiable_on_the_default_grid_at_the_measured_noise(convention):
+@pytest.mark.parametrize("law", [SMALL_LAW, MEASURED_LAW], ids=["small_law", "measured_law"])
+def test_alpha_and_beta_are_identifiable_on_the_default_grid_at_the_measured_noise(law):
     """Synthetic L(N, D) on the lab's own default grid and seed count, at the measured noise, fitted
-    with the lab's fitter: α and β come back within ±0.05 in every draw."""
+    with the lab's fitter (non-embedding N, Kaplan's convention): α and β come back within ±0.05 in
+    every draw."""
     sizes = scaling.grid_sizes(scaling.parse_grid(scaling.DEFAULT_GRID))
-    N = np.array([s[convention] for s in sizes], dtype=float)
-    D = np.array([s["D"] for s in sizes], dtype=float)
+    N, D = (np.array([s[k] for s in sizes], dtype=float) for k in ("N", "D"))
     assert math.log10(D.max() / D.min()) >= 2.0 - 1e-9  # the grid spans two decades of D
-    check = fits.recovery_check(SMALL_LAW, N, D, scaling.DEFAULT_SEEDS, _measured_noise(), n_draws=5, tolerance=0.05, seed=1)
+    check = fits.recovery_check(law, N, D, scaling.DEFAULT_SEEDS, _measured_noise(), n_draws=5, tolerance=0.05, seed=1)
     assert check["identifiable"], check
     assert check["failed_fits"] == 0 and check["max_alpha_error"] <= 0.05 and check["max_beta_error"] <= 0.05
+
+
+def test_total_n_convention_on_the_default_grid_recovers_beta_and_alpha_only_where_n_spans_enough():
+    """Total N (Chinchilla's convention) spans fewer decades than non-embedding N on these tiny
+    models (embeddings dominate the small ones), so α is harder to pin down: within ±0.05 for
+    SMALL_LAW; for MEASURED_LAW's flat N term it is marginal (worst draw ≈ 0.06), which is why the
+    lab runs this check on its own fit and withholds α, β when it fails."""
+    sizes = scaling.grid_sizes(scaling.parse_grid(scaling.DEFAULT_GRID))
+    N, D = (np.array([s[k] for s in sizes], dtype=float) for k in ("N_total", "D"))
+    check = fits.recovery_check(SMALL_LAW, N, D, scaling.DEFAULT_SEEDS, _measured_noise(), n_draws=5, seed=1)
+    assert check["identifiable"], check
+    flat = fits.recovery_check(MEASURED_LAW, N, D, scaling.DEFAULT_SEEDS, _measured_noise(), n_draws=5, seed=1)
+    assert flat["max_beta_error"] <= 0.05 and flat["max_alpha_error"] <= 0.1, flat
 
 
 def test_the_identifiability_check_fails_where_the_grid_cannot_tell():
@@ -172,10 +189,10 @@ def test_the_identifiability_check_fails_where_the_grid_cannot_tell():
     assert not one_size["identifiable"] and one_size["failed_fits"] == 3
     close = fits.recovery_check(SMALL_LAW, np.tile([1e5, 1.1e5], 5), D, 3, 0.01, n_draws=3, seed=2)
     assert not close["identifiable"] and close["max_alpha_error"] > 0.05  # two sizes 10% apart: α is noise
-    # The default grid itself fails at a noise 30× the measured one: the check reads the noise.
+    # The default grid itself fails at a noise 10× the measured one: the check reads the noise.
     sizes = scaling.grid_sizes(scaling.parse_grid(scaling.DEFAULT_GRID))
     N, D = (np.array([s[k] for s in sizes], dtype=float) for k in ("N", "D"))
-    assert not fits.recovery_check(SMALL_LAW, N, D, scaling.DEFAULT_SEEDS, 30 * MEASURED_NOISE, n_draws=3, seed=1)["identifiable"]
+    assert not fits.recovery_check(SMALL_LAW, N, D, scaling.DEFAULT_SEEDS, 10 * MEASURED_NOISE, n_draws=3, seed=1)["identifiable"]
 
 
 def _report_of(records, n_boot=10):

@@ -63,7 +63,7 @@ BASE_OVERRIDES = [
 FIRST_SEED = 1337
 DEFAULT_SEEDS = 3  # per grid point: the seed-to-seed spread is the noise every fit and check is judged against
 BASE_LR = 1e-2  # at width ≤ 32; wider models get BASE_LR·√(32/width) (a small sweep: docs/labs/scaling.md)
-DEFAULT_GRID = "models=1x16,2x32,2x64,2x128,4x128 steps=30,100,300,1000,3000"
+DEFAULT_GRID = "models=1x8,1x16,2x32,2x64,2x128,4x128 steps=30,100,300,1000,3000"
 QUICK_GRID = "models=1x16,2x16,2x32 steps=20,60"
 QUICK_SEEDS = 2
 # The quick grid (for tests) reads Shakespeare: its tokenizer trains in a few seconds in a fresh cache.
