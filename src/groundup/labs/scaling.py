@@ -1,24 +1,29 @@
-"""The scaling lab: train a grid of models, then fit how loss falls with compute.
+"""The scaling lab: train a grid of models over seeds, then fit how loss falls with compute.
 
 The claims: loss falls as a smooth power law of compute, L ∝ C^-α with α small (≈ 0.05, Kaplan et
 al. 2020), so every 10× of compute buys less; and for a fixed budget there is a best split between
-model size N and data D (Hoffmann et al. 2022 find D ≈ 20·N).
+model size N and data D (Hoffmann et al. 2022 find D ≈ 20·N, N counting every parameter).
 
-    groundup lab scaling                      # the default grid, ≤ 20 min on 2 CPU cores
-    groundup lab scaling --quick              # 6 tiny runs in well under a minute
-    groundup lab scaling --grid "models=2x16,2x32,2x64 steps=100,400" --set corpus=python-docs
+    groundup lab scaling --jobs 2             # the default grid × 3 seeds, ≈ 20 min on 2 quiet CPU cores
+    groundup lab scaling --quick              # 6 tiny points × 2 seeds on Shakespeare, for the tests
+    groundup lab scaling --grid "models=2x16,2x32,2x64 steps=100,400" --seeds 3 --set corpus=python-docs
 
-Every grid point is an ordinary training run in OUT/points/NAME: a finished point is never
-retrained, an interrupted one resumes (so Ctrl-C and rerun loses at most one point's progress).
-Under `torchrun --nproc_per_node=K -m groundup lab scaling …` every point trains data-parallel.
+Every (grid point, seed) is an ordinary training run in OUT/points/POINT_seedS: a finished run is
+never retrained, an interrupted one resumes (so Ctrl-C and rerun loses at most one run's progress).
+Under `torchrun --nproc_per_node=K -m groundup lab scaling …` every run trains data-parallel.
 
-Definitions, as in Kaplan et al.: N = non-embedding parameters, D = training tokens, and
-C = 6·N·D FLOPs (forward + backward ≈ 6 FLOPs per parameter per token). `C_full` also counts what
+Definitions: N = non-embedding parameters (Kaplan et al.) or N_total = all of them (Hoffmann et al.;
+Pearce & Song 2024 on why the choice matters), D = training tokens, C = 6·N·D FLOPs (forward +
+backward ≈ 6 FLOPs per parameter per token; C_total = 6·N_total·D). `C_full` also counts what
 6·N·D leaves out: the tied LM head's matmul (6·V·d per token) and attention's 12·n_layer·T·d
-(GPT.flops_per_token). The fits:
+(GPT.flops_per_token). The fits, on each point's mean loss over seeds:
 
-    frontier:  for each compute, the lowest loss any run reached;  L(C) = a·C^-α  (+ E)
-    surface:   every run;                                          L(N, D) = E + A/N^α + B/D^β
+    frontier:  for each compute, the lowest loss any point reached;  L(C) = a·C^-α  (+ E)
+    surface:   every point, in both conventions;                     L(N, D) = E + A/N^α + B/D^β
+
+with two-level bootstrap intervals (seeds within points, then points), an identifiability check
+(fits.recovery_check at the measured seed noise) that decides whether α and β are quoted, and a
+true extrapolation (the top decade of compute held out and predicted).
 """
 
 from __future__ import annotations
