@@ -59,7 +59,7 @@ from groundup.util.progress import Progress
 # models barely move off the unigram loss in a few hundred steps (docs/labs/scaling.md).
 # The corpus is the Python standard library's own source (python-stdlib: 4.2M training tokens with
 # this tokenizer), so the largest token budget is still less than one pass over the training text;
-# Shakespeare (~0.4M BPE tokens) would have to be repeated 5× to reach the same D.
+# Shakespeare (1.7M BPE tokens) would have to be repeated 1.8× to reach the same D.
 BASE_OVERRIDES = [
     "corpus=python-stdlib", "tokenizer=bpe", "bpe_vocab_size=1024",
     "block_size=64", "batch_size=16", "positional=learned", "weight_decay=0.1",
@@ -570,6 +570,8 @@ def plot_loss_vs_params(records: list[dict], analysis: dict, path: Path) -> Path
 
 def _fmt_ci(entry: dict, fmt: str = ".3f") -> str:
     lo, hi = entry["ci95"]
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        return f"{entry['value']:{fmt}} (no interval: too few resamples could be fitted)"
     return f"{entry['value']:{fmt}} [{lo:{fmt}}, {hi:{fmt}}]"
 
 
@@ -673,8 +675,9 @@ def kaplan_lines(a: dict) -> list[str]:
         k = a["kaplan_L_of_N"]
         lines.append(f"- Kaplan's L(N) ∝ N^-α_N at the largest budget D = {k['D']:,.0f} tokens (pure power law, "
                      f"non-embedding N): **α_N = {_fmt_ci(k['alpha_N'])}**; Kaplan's α_N = {KAPLAN['alpha_N']} is "
-                     f"{_inside(k['alpha_N'], KAPLAN['alpha_N'])}. Kaplan measured it on models trained to convergence; "
-                     "here the larger models are still data-limited at this D, which flattens the slope.")
+                     f"{_inside(k['alpha_N'], KAPLAN['alpha_N'])}. Kaplan measured it on models trained to convergence "
+                     "(early-stopped, data not limiting); wherever the larger models here are still data-limited at this "
+                     "D, the slope is flattened by it.")
     return lines
 
 
