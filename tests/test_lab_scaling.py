@@ -254,6 +254,7 @@ def test_an_interrupted_point_resumes_and_a_finished_one_is_never_retrained(tmp_
         scaling.train_point(config.replace(learning_rate=5e-3), run_dir)
 
 
+@pytest.mark.slow  # 12 tiny training runs: ≈ 10 s on a quiet machine
 def test_quick_grid_runs_end_to_end_with_seeds_and_measures_the_noise(tmp_path):
     out = tmp_path / "scaling"
     result = run_cli("lab", "scaling", "--quick", "--out", str(out), "--bootstrap", "10")
