@@ -222,7 +222,7 @@ def cmd_demo(args) -> int:
 # registers it here (imported lazily, so `groundup --help` stays fast).
 LABS = {
     "memory": ("groundup.labs.memory", "frozen weights, in-context learning, forgetting, LoRA, targeted edits"),
-    "scaling": ("groundup.labs.scaling", "train a grid of models and fit loss = a·C^-α"),
+    "scaling": ("groundup.labs.scaling", "train a grid of models over seeds and fit loss = a·C^-α and L(N, D)"),
     "attention-cost": ("groundup.labs.attention_cost", "time and memory of attention against sequence length"),
     "geometry": ("groundup.labs.geometry", "sinusoidal positions as rotations, attention head kinds, embedding neighbours"),
     "moe": ("groundup.labs.moe", "mixture of experts: same-compute loss, balance, specialisation, k and E, cost"),

@@ -4,7 +4,8 @@
     python -m groundup.labs.docs --out DIR  # into another directory (the test compares the two)
 
 Each page is the lab's report(results) under a header line naming its source; nothing on it is
-typed by hand. A lab whose docs/labs/results/<lab>.json is missing is skipped (and said so).
+typed by hand. A lab whose docs/labs/results/<lab>.json is missing, or was written by another
+version of the lab than the code's (module VERSION), is skipped (and said so).
 """
 
 from __future__ import annotations
@@ -36,8 +37,14 @@ def regenerate_docs(results_dir: Path = DOCS / "results", out: Path = DOCS, labs
             print(f"skipped {lab}: no {source}")
             continue
         results = harness.load_results(source, lab)
+        module = importlib.import_module(module_name)
+        version = getattr(module, "VERSION", None)
+        if version is not None and results.get("lab_version") != version:
+            print(f"skipped {lab}: {source} was written by lab version {results.get('lab_version')}, the lab is at "
+                  f"version {version}; rerun the lab and commit its results.json there")
+            continue
         header = harness.doc_header(f"docs/labs/results/{lab}.json", lab)
-        written.append(harness.regenerate(importlib.import_module(module_name), results, out, page, header))
+        written.append(harness.regenerate(module, results, out, page, header))
     return written
 
 
