@@ -169,6 +169,7 @@ LABS = {
     "scaling": ("groundup.labs.scaling", "train a grid of models and fit loss = a·C^-α"),
     "attention-cost": ("groundup.labs.attention_cost", "time and memory of attention against sequence length"),
     "geometry": ("groundup.labs.geometry", "sinusoidal positions as rotations, attention head kinds, embedding neighbours"),
+    "efficiency": ("groundup.labs.efficiency", "quantization frontier, distillation gap closed, distil then quantize"),
 }
 
 

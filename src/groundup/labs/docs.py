@@ -21,6 +21,7 @@ LABS = {
     "scaling": ("groundup.labs.scaling", "scaling.md"),
     "attention-cost": ("groundup.labs.attention_cost", "attention-cost.md"),
     "geometry": ("groundup.labs.geometry.report", "geometry.md"),
+    "efficiency": ("groundup.labs.efficiency.report", "efficiency.md"),
 }
 DOCS = Path("docs/labs")
 

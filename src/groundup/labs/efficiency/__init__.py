@@ -1,0 +1,25 @@
+"""The efficiency lab: what quantization and distillation cost in quality and buy in size and speed.
+
+  1. frontier        A model trained with the shipped BPE recipe (fewer steps) and a larger one,
+                     quantized weight-only: bits {8, 4} × method {RTN, GPTQ} × group size {32, 64, 128}
+                     (4-bit) → Δ validation loss, weight bytes, batch-1 decode tokens/s. RTN is
+                     deterministic; GPTQ varies with its calibration windows, drawn once per seed.
+  2. distillation    A student with ≥ 8× fewer parameters than the teacher, trained from scratch and
+                     distilled (forward KL at T ∈ {1, 2, 4}, reverse KL, sequence-level) on the same
+                     steps and batch size; figure of merit: the share of the teacher–scratch gap closed.
+  3. distil+quantize The teacher, the scratch student and a distilled student at fp32, int8 and int4:
+                     validation loss against weight bytes.
+
+lab.py trains everything through groundup.train.loop.fit (the teacher and the larger model once per
+run, the students once per seed), methods.py is the one place the quantizer and the distillation
+loss are called, measures.py holds the figures of merit, report.py turns results.json into the
+verdicts, report.md and plots.
+
+    groundup lab efficiency                  # 3 seeds
+    groundup lab efficiency --quick          # 1 seed, tiny models
+    groundup lab efficiency --report-from runs/efficiency/results.json --out DIR
+"""
+
+from groundup.labs.efficiency.lab import LAB, Settings, add_arguments, run, run_lab, run_seed
+
+__all__ = ["LAB", "Settings", "add_arguments", "run", "run_lab", "run_seed"]
