@@ -1,0 +1,221 @@
+"""The efficiency lab: its measures on known cases (including cases where each must fail), the
+quantizer and distillation loss it calls, and the quick run end to end (results, report, docs)."""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from groundup.cli import main
+from groundup.config import load_config
+from groundup.labs import docs as lab_docs
+from groundup.labs import harness
+from groundup.labs.efficiency import lab, measures, methods, report
+from groundup.model import GPT
+
+
+# ---- the figures of merit ---------------------------------------------------------------------------
+def test_gap_closed_on_hand_computed_cases():
+    assert measures.gap_closed(scratch=5.0, distilled=4.7, teacher=4.0) == pytest.approx(0.3)
+    assert measures.gap_closed(5.0, 4.0, 4.0) == pytest.approx(1.0)  # as good as the teacher
+    assert measures.gap_closed(5.0, 5.2, 4.0) == pytest.approx(-0.2)  # worse than scratch
+    assert math.isnan(measures.gap_closed(5.0, 4.5, 5.1))  # a teacher no better than scratch: no gap
+
+
+def test_gap_closed_scores_zero_for_a_student_that_is_the_scratch_model():
+    """The probe can fail: the 'distilled' student is the scratch model itself → 0, and the verdict says so."""
+    assert measures.gap_closed(5.3, 5.3, 4.9) == 0.0
+
+
+def test_delta_is_nats_and_a_perplexity_ratio():
+    d = measures.delta(4.1, 4.0)
+    assert d["delta_loss"] == pytest.approx(0.1)
+    assert d["relative_ppl"] == pytest.approx(math.exp(4.1) / math.exp(4.0))
+
+
+# ---- the quantizer the lab calls ---------------------------------------------------------------------
+def test_int8_per_channel_values_and_scales_by_hand():
+    W = torch.tensor([[0.5, -1.27, 0.01], [2.54, 0.0, -0.02]])
+    # row scales max|w|/127 = 0.01 and 0.02; q = round(w/s) = [50, −127, 1] and [127, 0, −1]
+    expected = torch.tensor([[50, -127, 1], [127, 0, -1]], dtype=torch.float32) * torch.tensor([[0.01], [0.02]])
+    torch.testing.assert_close(methods.rtn(W, 8, 0), expected)
+
+
+def test_int4_asymmetric_group_grid_by_hand():
+    W = torch.tensor([[-1.0, 0.55, 2.0, 0.0, 0.31, 0.6]])  # two groups of 3
+    # group 1: min −1, max 2 → s = 0.2, z = round(5) = 5; round(w/s) = −5, round(2.75) = 3, 10 → q = 0, 8, 15
+    #          → Ŵ = s·(q − z) = −1.0, 0.6, 2.0
+    # group 2: min 0 (the grid always holds 0), max 0.6 → s = 0.04, z = 0; round(w/s) = 0, round(7.75) = 8, 15
+    #          → Ŵ = 0, 0.32, 0.6
+    expected = torch.tensor([[-1.0, 0.6, 2.0, 0.0, 0.32, 0.6]])
+    torch.testing.assert_close(methods.rtn(W, 4, 3), expected)
+
+
+def test_gptq_lowers_the_layer_output_error_below_rtn():
+    torch.manual_seed(0)
+    X = torch.randn(512, 64) @ torch.randn(64, 64)  # correlated inputs: where GPTQ's compensation pays
+    W = torch.randn(32, 64)
+    H = 2 * X.double().T @ X.double() / len(X)
+    for bits, g in ((4, 32), (4, 64), (8, 0)):
+        err_rtn = (X @ (W - methods.rtn(W, bits, g)).T).pow(2).mean()
+        err_gptq = (X @ (W - methods.gptq(W, H, bits, g)).T).pow(2).mean()
+        assert err_gptq < 0.8 * err_rtn, (bits, g, float(err_gptq), float(err_rtn))
+
+
+def _tiny_model(seed: int = 0) -> GPT:
+    torch.manual_seed(seed)
+    config = load_config(None, ["vocab_size=50", "n_layer=2", "n_head=2", "n_embd=32", "block_size=16"]).model
+    return GPT(config).eval()
+
+
+def test_quantize_copies_counts_bytes_and_checks_its_arguments():
+    model = _tiny_model()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    q, nbytes = methods.quantize(model, 4, "rtn", 32, None, 0)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # the original is untouched
+    linear = sum(m.weight.numel() for m in methods.quantized_layers(model).values())
+    rows = sum(m.out_features for m in methods.quantized_layers(model).values())
+    # fp32 rest + ½ byte per weight + (4 + 1) bytes per group of 32 (every in_features here is a multiple of 32)
+    assert nbytes == methods.weight_bytes(model) - 4 * linear + linear // 2 + 5 * (linear // 32)
+    assert methods.quantize(model, 8, "rtn", 0)[1] == methods.weight_bytes(model) - 3 * linear + 4 * rows
+    with pytest.raises(Exception, match="bits"):
+        methods.quantize(model, 3, "rtn", 32)
+    with pytest.raises(Exception, match="calibration"):
+        methods.quantize(model, 4, "gptq", 32, None)
+
+
+def _loss(model, x):
+    return float(model(x[:, :-1], x[:, 1:])[1])
+
+
+def test_a_quantizer_that_zeros_the_weights_gives_a_large_delta_and_int8_does_not():
+    """The frontier's probe can fail: zeroed linear layers move the loss far more than int8 does."""
+    model = _tiny_model()
+    for p in model.parameters():  # weights of a 'trained' scale, so zeroing them matters
+        p.data.mul_(20)
+    x = torch.randint(0, 50, (8, 17), generator=torch.Generator().manual_seed(1))
+    base = _loss(model, x)
+    int8 = _loss(methods.quantize(model, 8, "rtn", 0)[0], x)
+    zeroed = copy.deepcopy(model)
+    for m in methods.quantized_layers(zeroed).values():
+        m.weight.data.zero_()
+    assert abs(int8 - base) < report.INT8_NEAR_LOSSLESS
+    assert abs(_loss(zeroed, x) - base) > 10 * report.INT8_NEAR_LOSSLESS
+
+
+# ---- the distillation loss the lab calls ---------------------------------------------------------------
+def test_kl_per_token_against_torch_kl_div_and_zero_on_itself():
+    torch.manual_seed(0)
+    p, q = torch.randn(2, 5, 11), torch.randn(2, 5, 11)
+    for T in (1.0, 2.0, 4.0):
+        ref = F.kl_div(F.log_softmax(q / T, -1), F.log_softmax(p / T, -1), log_target=True, reduction="none").sum(-1).mean()
+        torch.testing.assert_close(methods.kl_per_token(p, q, T), ref)
+    assert float(methods.kl_per_token(p, p, 2.0)) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_distillation_loss_mixes_kl_and_cross_entropy():
+    teacher, student = _tiny_model(0), _tiny_model(1)
+    x = torch.randint(0, 50, (4, 17), generator=torch.Generator().manual_seed(2))
+    batch = (x[:, :-1], x[:, 1:])
+    ce = float(student(*batch)[1])
+    assert float(methods.distillation_loss(teacher, "forward", 2.0, 0.0)(student, batch)) == pytest.approx(ce)
+    kl = float(methods.kl_per_token(teacher(batch[0])[0], student(batch[0])[0], 2.0))
+    assert float(methods.distillation_loss(teacher, "forward", 2.0, 1.0)(student, batch)) == pytest.approx(4 * kl, rel=1e-5)
+    rkl = float(methods.kl_per_token(student(batch[0])[0], teacher(batch[0])[0], 1.0))
+    assert float(methods.distillation_loss(teacher, "reverse", 1.0, 1.0)(student, batch)) == pytest.approx(rkl, rel=1e-5)
+
+
+def test_teacher_samples_keep_the_prompt_and_reach_the_length():
+    teacher = _tiny_model()
+    prompts = torch.randint(0, 50, (3, 4)).numpy()
+    out = methods.teacher_samples(teacher, prompts, 12, seed=0)
+    assert out.shape == (3, 12) and (out[:, :4] == prompts).all() and out.max() < 50
+    assert (methods.teacher_samples(teacher, prompts, 12, seed=0) == out).all()  # seeded
+
+
+# ---- the lab's setup ---------------------------------------------------------------------------------
+def test_the_bpe_recipe_is_the_shipped_config():
+    shipped = load_config("configs/shakespeare_bpe.toml")
+    ours = load_config(None, lab.BPE_RECIPE)
+    assert ours.model == shipped.model and ours.data == shipped.data
+    for name in ("batch_size", "learning_rate", "min_lr", "weight_decay", "beta2", "grad_clip"):
+        assert getattr(ours.train, name) == getattr(shipped.train, name), name
+    assert shipped.train.max_steps == lab.SHIPPED_STEPS
+    s = lab.Settings()
+    assert load_config(None, s.recipe("bpe")).model == shipped.model  # the teacher is the shipped shape
+
+
+def test_default_teacher_has_at_least_8x_the_students_parameters():
+    s = lab.Settings()
+    n = {name: GPT(load_config(None, s.recipe(name) + ["vocab_size=4096"]).model).num_params() for name in ("bpe", "student")}
+    assert n["bpe"] >= 8 * n["student"], n
+
+
+# ---- the quick run, end to end ------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def quick(tmp_path_factory):
+    out = tmp_path_factory.mktemp("efficiency")
+    assert main(["lab", "efficiency", "--quick", "--out", str(out)]) == 0
+    return out, json.loads((out / "results.json").read_text())
+
+
+def test_quick_run_writes_results_report_and_plots(quick):
+    out, results = quick
+    assert results["lab"] == "efficiency" and results["mode"] == "quick" and results["schema"] == harness.SCHEMA
+    agg = results["aggregate"]
+    for model in ("bpe", "large"):
+        variants = agg["frontier"][model]["variants"]
+        assert set(variants) == set(results["config"]["variants"])
+        for v in variants.values():
+            assert {"delta_loss", "relative_ppl", "val_loss", "weight_bytes", "decode_tokens_per_s"} <= set(v)
+        # fewer bytes at 4 bits than at 8, and at 8 than fp32
+        e = agg["frontier"][model]
+        assert variants["int4-rtn-g32"]["weight_bytes"]["mean"] < variants["int8-rtn"]["weight_bytes"]["mean"] < e["weight_bytes"]["mean"]
+    assert set(agg["distill"]["students"]) == set(results["config"]["students"])
+    assert agg["distill"]["students"]["scratch"]["gap_closed"]["mean"] == 0.0
+    assert set(agg["distil_quantize"]) == {"teacher", "scratch", "distilled"}
+    text = (out / "report.md").read_text()
+    assert set(report.verdicts(results)) == {"int8", "int4", "gptq", "distillation", "distil-then-quantize"}
+    for name in report.PLOTS.values():
+        assert (out / name).stat().st_size > 0 and name in text
+
+
+def test_report_regenerates_from_results_alone(quick, tmp_path):
+    out, _ = quick
+    assert main(["lab", "efficiency", "--report-from", str(out / "results.json"), "--out", str(tmp_path)]) == 0
+    assert (tmp_path / "report.md").read_text() == (out / "report.md").read_text()
+    results_dir = tmp_path / "results"
+    results_dir.mkdir()
+    (results_dir / "efficiency.json").write_text((out / "results.json").read_text())
+    pages = lab_docs.regenerate_docs(results_dir, tmp_path / "docs", labs=("efficiency",))
+    assert pages[0].name == "efficiency.md" and "do not edit by hand" in pages[0].read_text()
+
+
+def test_verdicts_turn_when_the_numbers_do(quick):
+    """Each verdict can fail: doctored results flip it to NOT supported."""
+    _, results = quick
+    bad = copy.deepcopy(results)
+    for m in bad["aggregate"]["frontier"].values():
+        m["variants"]["int8-rtn"]["delta_loss"] = harness.summarize([0.5, 0.6, 0.7])
+    assert report.verdicts(bad)["int8"].startswith("NOT supported")
+    students = bad["aggregate"]["distill"]["students"]
+    students[f"forward-T{bad['config']['dq_temperature']:g}"]["gap_closed"] = harness.summarize([0.0, 0.01, -0.01])
+    assert report.verdicts(bad)["distillation"].startswith("NOT supported")
+    good = copy.deepcopy(results)
+    students = good["aggregate"]["distill"]["students"]
+    students[f"forward-T{good['config']['dq_temperature']:g}"]["gap_closed"] = harness.summarize([0.3, 0.32, 0.31])
+    assert report.verdicts(good)["distillation"].startswith("Supported")
+
+
+def test_bad_arguments_get_one_clear_line(capsys, tmp_path):
+    assert main(["lab", "efficiency", "--student-steps", "0", "--out", str(tmp_path)]) == 2
+    assert "--student-steps must be at least 1" in capsys.readouterr().err
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps({"schema": harness.SCHEMA, "lab": "geometry"}))
+    assert main(["lab", "efficiency", "--report-from", str(other), "--out", str(tmp_path)]) == 2
+    assert "not a results.json of the efficiency lab" in capsys.readouterr().err
