@@ -135,6 +135,33 @@ def cmd_train(args) -> int:
     return EXIT_DIVERGED if result.stopped_by == "diverged" else 0  # the trainer printed the report
 
 
+# ---- distill --------------------------------------------------------------------------------
+def cmd_distill(args) -> int:
+    from groundup.config import load_config
+    from groundup.distill import DEFAULT_ALPHA, DEFAULT_SAMPLES, DEFAULT_TEMPERATURE, distill_run
+
+    overrides = list(args.set or [])
+    if args.max_steps is not None:
+        overrides.append(f"max_steps={args.max_steps}")
+    if args.device is not None:
+        overrides.append(f"device={args.device}")
+    if args.sequence_level:
+        given = [flag for flag, value in (("--temperature", args.temperature), ("--alpha", args.alpha),
+                                          ("--reverse", args.reverse or None)) if value is not None]
+        if given:
+            raise GroundupError(f"--sequence-level trains with plain cross-entropy on the teacher's samples; "
+                                f"{', '.join(given)} apply to token-level distillation only: drop them")
+    elif args.samples is not None or args.sample_seed is not None:
+        raise GroundupError("--samples and --sample-seed go with --sequence-level")
+    config = load_config(args.config, overrides)
+    result = distill_run(args.teacher, config, args.out,
+                         temperature=DEFAULT_TEMPERATURE if args.temperature is None else args.temperature,
+                         alpha=DEFAULT_ALPHA if args.alpha is None else args.alpha, reverse=args.reverse,
+                         sequence_level=args.sequence_level,
+                         samples=DEFAULT_SAMPLES if args.samples is None else args.samples, sample_seed=args.sample_seed)
+    return EXIT_DIVERGED if result.stopped_by == "diverged" else 0
+
+
 # ---- sample, demo -----------------------------------------------------------------------------
 def cmd_sample(args) -> int:
     from groundup.sample import SamplingSettings, sample_text
@@ -143,6 +170,13 @@ def cmd_sample(args) -> int:
     sys.stdout.write(args.prompt)
     sample_text(args.run, args.prompt, settings, device=args.device, stream=sys.stdout)
     sys.stdout.write("\n")
+    return 0
+
+
+def cmd_quantize(args) -> int:
+    from groundup.quantize import quantize_run
+
+    quantize_run(args.run, args.out, args.bits, args.group_size, args.method, args.calibration, args.seed, args.device)
     return 0
 
 
@@ -256,6 +290,26 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     tr.add_argument("--plan", action="store_true", help="don't train: print whether it fits, its FLOPs and projected time")
     tr.set_defaults(func=cmd_train)
 
+    di = sub.add_parser("distill", help="train a student run from a trained teacher run (knowledge distillation)",
+                        description="Train a student from a teacher run: alpha·T²·KL(p_teacher^T ‖ p_student^T) + "
+                                    "(1 − alpha)·cross-entropy (Hinton et al. 2015), or plain cross-entropy on the "
+                                    "teacher's samples (--sequence-level, Kim & Rush 2016). Writes a normal run "
+                                    "directory plus distill.json (the recipe).")
+    di.add_argument("--teacher", required=True, metavar="RUN_DIR", help="the trained teacher run, e.g. runs/T")
+    di.add_argument("--config", help="the student's TOML config (its [data] defaults to the teacher's)")
+    di.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a student config field")
+    di.add_argument("--out", required=True, help="the student's run directory to create, e.g. runs/S")
+    di.add_argument("--temperature", type=float, default=None, help="T > 0 softening both distributions (default 2)")
+    di.add_argument("--alpha", type=float, default=None, help="weight of the soft term in [0, 1] (default 0.5)")
+    di.add_argument("--reverse", action="store_true", help="reverse KL: KL(p_student^T ‖ p_teacher^T)")
+    di.add_argument("--sequence-level", action="store_true",
+                    help="train with cross-entropy on sequences sampled from the teacher instead of the corpus")
+    di.add_argument("--samples", type=int, default=None, help="with --sequence-level: sequences of block_size tokens (default 512)")
+    di.add_argument("--sample-seed", type=int, default=None, help="with --sequence-level: seed of the first sample (default: train.seed)")
+    di.add_argument("--max-steps", type=int, help="same as --set max_steps=N")
+    di.add_argument("--device", help="auto, cpu, cuda, cuda:N, mps (teacher and student)")
+    di.set_defaults(func=cmd_distill)
+
     sa = sub.add_parser("sample", help="generate text from a trained run (streams as it goes)")
     sa.add_argument("--run", required=True, help="a run directory, e.g. runs/shakespeare_char")
     sa.add_argument("--prompt", default="", help="text to continue (empty: start from <|endoftext|> or a newline)")
@@ -266,6 +320,17 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     sa.add_argument("--seed", type=int, default=None, help="same seed → same text")
     sa.add_argument("--device", default="auto")
     sa.set_defaults(func=cmd_sample)
+
+    qu = sub.add_parser("quantize", help="weight-only int8/int4 post-training quantization (RTN or GPTQ) into a new run")
+    qu.add_argument("--run", required=True, help="the trained (float) run, e.g. runs/shakespeare_char")
+    qu.add_argument("--bits", type=int, required=True, help="8 (per output channel) or 4 (group-wise, two per byte)")
+    qu.add_argument("--group-size", type=int, default=None, help="int4 only: 32, 64 or 128 input columns per scale (default 128)")
+    qu.add_argument("--method", default="rtn", help="rtn (round to nearest) or gptq (error compensation on calibration data)")
+    qu.add_argument("--calibration", type=int, default=128, help="GPTQ: calibration sequences from the training split")
+    qu.add_argument("--seed", type=int, default=0, help="GPTQ: which calibration sequences")
+    qu.add_argument("--device", default="cpu", help="where to quantize and evaluate (cpu, cuda, auto)")
+    qu.add_argument("--out", required=True, help="the new run directory, e.g. runs/shakespeare_char-int4 (must not exist)")
+    qu.set_defaults(func=cmd_quantize)
 
     se = sub.add_parser("serve", help="an OpenAI-compatible HTTP API and a web page that shows inside the model")
     se.add_argument("--run", required=True, help="a run directory, e.g. runs/shakespeare_char")

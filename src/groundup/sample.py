@@ -25,9 +25,9 @@ import torch
 from groundup.engines.torch.kernels import use_kernels
 from groundup.errors import GroundupError
 from groundup.model import GPT
+from groundup.quantize import load_model
 from groundup.tokenizer import load_tokenizer
 from groundup.train import checkpoint as ckpt
-from groundup.util.device import pick_device
 
 MAX_NEW_TOKENS = 1_000_000
 
@@ -138,17 +138,14 @@ def _prefill(model: GPT, context: list[int], cache, device) -> torch.Tensor:
 
 # ---- loading a trained run --------------------------------------------------------------------
 def load_run(run_dir: str | os.PathLike, device: str = "auto"):
-    """(model, tokenizer, config) from a run directory written by either engine."""
+    """(model, tokenizer, config) from a run directory written by either engine, or by `groundup
+    quantize` (its linears are then QuantizedLinears)."""
     run_dir = Path(run_dir)
-    directory, _ = ckpt.find_checkpoint(run_dir)
-    config = ckpt.read_run_config(run_dir)
+    model, config, _ = load_model(run_dir, device)
     tokenizer_path = run_dir / ckpt.TOKENIZER
     if not tokenizer_path.exists():
         raise GroundupError(f"{tokenizer_path} is missing; the run directory is incomplete")
     tokenizer = load_tokenizer(tokenizer_path)
-    model = GPT(config.model)
-    model.load_weights(ckpt.read_tensors(directory / ckpt.WEIGHTS), str(directory / ckpt.WEIGHTS))
-    model.to(pick_device(device))
     if config.train.kernels:  # as the run was trained: the fused CPU kernels where they apply
         use_kernels(model)
     model.eval()

@@ -18,6 +18,7 @@ from groundup.errors import GroundupError
 from groundup.labs.geometry import heads
 from groundup.model import GPT
 from groundup.model.positional import sinusoidal_table
+from groundup.quantize import match_quantization
 
 TOP = 10  # next-token candidates per position
 HEAD_PROBE_SEQUENCES = 8  # random sequences, each repeated twice, on which the heads are scored
@@ -29,6 +30,7 @@ class Inspector:
         self.tokenizer = tokenizer
         self.model = model
         self.math_model = GPT(dataclasses.replace(model.config, attention="math"))
+        match_quantization(self.math_model, model)  # a quantized run: the same QuantizedLinears
         self.math_model.load_state_dict(model.state_dict(), assign=True)  # the same tensors, not copies
         self.math_model.to(model.token_embedding.weight.device).eval()
         self.lock = threading.Lock()  # the hooks collect into one list: one inspection at a time

@@ -43,6 +43,7 @@ STATE = "state.json"
 CONFIG = "config.json"
 TOKENIZER = "tokenizer.json"
 CHECKPOINTS = "checkpoints"
+QUANTIZATION = "quantization"  # state.json key of a quantized run's recipe (groundup.quantize)
 
 
 def sha256_bytes(data: bytes) -> str:
@@ -201,6 +202,15 @@ def recover(run_dir: str | os.PathLike) -> list[str]:
 def has_checkpoint(run_dir: str | os.PathLike) -> bool:
     """True once training has saved anything (good or not) in `run_dir`."""
     return (Path(run_dir) / STATE).exists() or bool(list_checkpoints(run_dir))
+
+
+def is_quantized(run_dir: str | os.PathLike) -> bool:
+    """True when the run's state.json carries a quantization recipe (written by `groundup quantize`)."""
+    try:
+        state = json.loads((Path(run_dir) / STATE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(state, dict) and QUANTIZATION in state
 
 
 def list_checkpoints(run_dir: str | os.PathLike) -> list[Path]:

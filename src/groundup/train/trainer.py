@@ -4,6 +4,7 @@
     for each step (loop.fit → step.train_step):
         lr ← warmup + cosine schedule (× lr_scale, lowered by each rollback)
         for each micro-batch:  loss = CE(model(x), y) / accum;  backward   (autograd, or by hand)
+            (or the caller's loss(model, batch), e.g. distillation: groundup.train.distill)
         guard (guards.py): loss or ‖g‖ non-finite → skip the update; repeated NaNs, a spike or
             divergence → roll back to the last good checkpoint; too many rollbacks → stop
         clip the global gradient norm;  AdamW step;  zero the gradients
@@ -42,7 +43,7 @@ from groundup.train.engine import build_engine
 from groundup.train.guards import FaultInjector, Guard, parse_faults
 from groundup.train.loop import Hooks, fit
 from groundup.train.schedule import lr_at
-from groundup.train.step import StepResult
+from groundup.train.step import Loss, StepResult
 from groundup.util.device import keep_freed_memory, pick_device
 from groundup.util.metrics import MetricsLogger, read_metrics
 from groundup.util.progress import Progress, warn as progress_warn
@@ -121,12 +122,16 @@ class StopSignal:
 
 
 def train(config: RunConfig, run_dir: str | Path, resume: bool = False, progress: bool = True,
-          faults=()) -> TrainResult:
+          faults=(), *, loss: Loss | None = None, data: TokenData | None = None) -> TrainResult:
     """Train (or resume) the run in `run_dir` with the engine the config names. Returns the trained
     model and final losses.
 
     `faults`: fault injections for tests, e.g. ["nan@12", "spike@20"] (see groundup.train.guards);
-    never saved in the run directory."""
+    never saved in the run directory.
+    `loss`: the training loss, loss(model, batch = (x, y)) → scalar (groundup.train.step); None =
+    next-token cross-entropy. Evaluation is always cross-entropy on the val split.
+    `data`: the token data to train on instead of the config's corpus (e.g. a teacher's samples for
+    sequence-level distillation); its tokenizer is the run's."""
     faults = parse_faults(faults)
     t = config.train
     if t.engine == "numpy":
@@ -134,6 +139,9 @@ def train(config: RunConfig, run_dir: str | Path, resume: bool = False, progress
             raise ConfigError("--inject (fault injection) works with the torch engine only")
         numpy_training.check_train_config(config)
     run_dir = Path(run_dir)
+    if resume and ckpt.is_quantized(run_dir):
+        raise CheckpointError(f"{run_dir} is a quantized run (written by `groundup quantize`): its weights are integer "
+                              "codes and cannot be trained; resume the float run it was made from (its state.json names it)")
     if not resume and (run_dir / ckpt.STATE).exists():
         raise CheckpointError(f"{run_dir} already holds a trained run; continue it with `groundup train --resume {run_dir}` "
                               "or choose another --out")
@@ -141,7 +149,7 @@ def train(config: RunConfig, run_dir: str | Path, resume: bool = False, progress
     try:
         with StopSignal(announce=info.is_main) as stop:
             try:
-                return _train(config, run_dir, resume, progress, info, device, faults, stop)
+                return _train(config, run_dir, resume, progress, info, device, faults, stop, loss, data)
             except Exception:
                 # The KeyboardInterrupt can land inside a C extension that turns it into its own error
                 # (matplotlib's Agg backend, imported for the loss plot, reports "ImportError:
@@ -308,7 +316,7 @@ class _Run(Hooks):
 
 
 def _train(config: RunConfig, run_dir: Path, resume: bool, progress: bool, info: DistInfo, device,
-           faults: list, stop: StopSignal) -> TrainResult:
+           faults: list, stop: StopSignal, loss: Loss | None = None, data: TokenData | None = None) -> TrainResult:
     t = config.train
     if t.threads:
         torch.set_num_threads(t.threads)
@@ -327,11 +335,12 @@ def _train(config: RunConfig, run_dir: Path, resume: bool, progress: bool, info:
         if not ckpt.has_checkpoint(run_dir):
             warn(f"{run_dir} holds no checkpoint yet (the run stopped before saving one); starting from step 0")
             resume = False
-    if info.is_main:
-        data = load_data(config)  # rank 0 prepares (or reuses) the token files first
-    barrier(info)
-    if not info.is_main:
-        data = load_data(config)
+    if data is None:
+        if info.is_main:
+            data = load_data(config)  # rank 0 prepares (or reuses) the token files first
+        barrier(info)
+        if not info.is_main:
+            data = load_data(config)
     config = resolve_vocab(config, data)
     m = config.model
     engine = build_engine(config, device, info)
@@ -370,7 +379,9 @@ def _train(config: RunConfig, run_dir: Path, resume: bool, progress: bool, info:
         run.save(0, 0.0)  # step 0: a rollback target, and `--resume` works from the first moment
     if engine.name == "torch":
         engine.model.train()
-    loss = (lambda model, batch: run.corrupt(model(*batch)[1])) if faults else None
+    if faults:  # the injected loss faults act on whatever the loss is
+        base_loss = loss or (lambda model, batch: model(*batch)[1])
+        loss = lambda model, batch: run.corrupt(base_loss(model, batch))  # noqa: E731
     fit(engine, lambda: engine.batch(*sampler.next_batch()), t.max_steps, lr=run.lr, grad_clip=t.grad_clip,
         loss=loss, n_micro=t.grad_accum_steps, start=run.step, hooks=run)
     step = run.step
