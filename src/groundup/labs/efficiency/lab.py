@@ -76,8 +76,8 @@ class Settings:
 
     @classmethod
     def quick(cls, **changes) -> "Settings":
-        small = dict(bpe_vocab=300, bpe_layers=2, bpe_heads=2, bpe_embd=32, bpe_steps=8, large_layers=1, large_heads=2, large_embd=32, large_steps=8,
-                     student_layers=1, student_heads=1, student_embd=8, student_steps=6, calibration_windows=4,
+        small = dict(bpe_vocab=300, bpe_layers=2, bpe_heads=2, bpe_embd=64, bpe_steps=8, large_layers=1, large_heads=2,
+                     large_embd=64, large_steps=8, student_layers=1, student_heads=1, student_embd=32, student_steps=6, calibration_windows=4,
                      eval_batches=2, decode_tokens=4, temperatures=(1.0, 2.0), sequence_pool=8, sequence_prompt=4,
                      block_size=16, batch_size=4, group_sizes=(32,), dq_group_size=32)
         return cls(**{**small, **changes})
@@ -162,7 +162,7 @@ def variant_name(v: dict) -> str:
 
 def quantize_and_score(lab: Lab, model, config, base_loss: float, v: dict, seed: int) -> dict:
     calib = lab.calibration(config, seed) if v["method"] == "gptq" else None
-    q, nbytes = methods.quantize(model, v["bits"], v["method"], v["group_size"] or 0, calib, seed)
+    q, nbytes = methods.quantize(model, v["bits"], v["method"], v["group_size"], calib)
     loss = lab.val_loss(q, config)
     return {"val_loss": loss, **measures.delta(loss, base_loss), "weight_bytes": nbytes,
             "decode_tokens_per_s": decode_tokens_per_s(q, lab.s.decode_tokens)}
@@ -242,7 +242,7 @@ def distil_quantize_experiment(lab: Lab, seed: int, model_seed: int, students: d
         points = {"fp32": {"val_loss": lab.val_loss(model, config), "weight_bytes": methods.weight_bytes(model)}}
         for label, bits, method in (("int8", 8, "rtn"), ("int4", 4, "gptq")):
             calib = lab.calibration(config, seed) if method == "gptq" else None
-            q, nbytes = methods.quantize(model, bits, method, s.dq_group_size, calib, seed)
+            q, nbytes = methods.quantize(model, bits, method, s.dq_group_size, calib)
             points[label] = {"val_loss": lab.val_loss(q, config), "weight_bytes": nbytes}
         out[name] = points
     return out
