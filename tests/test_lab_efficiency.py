@@ -74,7 +74,16 @@ def _counting_model() -> tuple[GPT, tuple]:
     return model.eval(), batch()
 
 
-def test_a_quantizer_that_zeros_the_weights_gives_a_large_delta_and_int8_does_not():
+@pytest.fixture
+def one_thread():
+    """Tiny models train fastest on one thread (and do not fight the other tests for both cores)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_a_quantizer_that_zeros_the_weights_gives_a_large_delta_and_int8_does_not(one_thread):
     """The frontier's probe can fail: zeroed linear layers move the loss far more than int8 does."""
     torch.manual_seed(0)
     model, (x, y) = _counting_model()
@@ -95,9 +104,9 @@ def test_the_distillation_loss_is_the_projects_and_alpha_zero_is_cross_entropy()
     batch = (x[:, :-1], x[:, 1:])
     with torch.no_grad():
         ce = float(student(*batch)[1])
-    assert float(methods.distillation_loss(teacher, "forward", 2.0, 0.0)(student, batch)) == pytest.approx(ce)
-    forward = float(methods.distillation_loss(teacher, "forward", 2.0, 1.0)(student, batch))
-    reverse = float(methods.distillation_loss(teacher, "reverse", 2.0, 1.0)(student, batch))
+        assert float(methods.distillation_loss(teacher, "forward", 2.0, 0.0)(student, batch)) == pytest.approx(ce)
+        forward = float(methods.distillation_loss(teacher, "forward", 2.0, 1.0)(student, batch))
+        reverse = float(methods.distillation_loss(teacher, "reverse", 2.0, 1.0)(student, batch))
     assert forward > 0 and reverse > 0 and forward != pytest.approx(reverse)
     with pytest.raises(ValueError, match="kind"):
         methods.distillation_loss(teacher, "sideways")
@@ -130,6 +139,9 @@ def test_default_teacher_has_at_least_8x_the_students_parameters():
 
 
 # ---- the quick run, end to end ------------------------------------------------------------------------
+THREADS = torch.get_num_threads()
+
+
 @pytest.fixture(scope="module")
 def quick(tmp_path_factory):
     out = tmp_path_factory.mktemp("efficiency")
@@ -154,6 +166,7 @@ def test_quick_run_writes_results_report_and_plots(quick):
     assert set(agg["distil_quantize"]) == {"teacher", "scratch", "distilled"}
     text = (out / "report.md").read_text()
     assert set(report.verdicts(results)) == {"int8", "int4", "gptq", "distillation", "distil-then-quantize"}
+    assert torch.get_num_threads() == THREADS  # the lab's one thread is undone after the run
     for name in report.PLOTS.values():
         assert (out / name).stat().st_size > 0 and name in text
 

@@ -59,7 +59,7 @@ class Settings:
     student_steps: int = 300
     # quantization
     group_sizes: tuple = (32, 64, 128)
-    calibration_windows: int = 64
+    calibration_windows: int = 128
     eval_batches: int = 16
     decode_tokens: int = 64
     # distillation
@@ -97,7 +97,6 @@ class Lab:
 
     def __init__(self, s: Settings):
         self.s = s
-        torch.set_num_threads(s.threads)
         self.device = pick_device(s.device)
         self.data = load_data(load_config(None, s.recipe("bpe")))
         self.models: dict[str, tuple] = {}
@@ -127,7 +126,8 @@ class Lab:
         return engine.model, config
 
     def trained(self, name: str, seed: int):
-        """The "bpe" and "large" models are trained once per run (with the first seed) and shared."""
+        """The "bpe" and "large" models are trained once per run (with the first seed) and shared.
+        Returns (model, config, validation loss, training seconds)."""
         if name not in self.models:
             steps = self.s.bpe_steps if name == "bpe" else self.s.large_steps
             start = time.perf_counter()
@@ -135,10 +135,18 @@ class Lab:
             self.models[name] = (model, config, self.val_loss(model, config), time.perf_counter() - start)
         return self.models[name]
 
+    def plain_loss(self, model, config) -> float:
+        """Validation loss of the model's plain copy (without the fused training kernels): the base
+        every quantized copy, also plain, is compared with (their rounding differs by ~1e-6)."""
+        return self.val_loss(methods.plain_copy(model), config)
+
     def calibration(self, config, seed: int) -> list[torch.Tensor]:
-        """Calibration windows drawn from the training split with `seed` (GPTQ's randomness)."""
-        sampler = BatchSampler(self.data.train, config.model.block_size, self.s.calibration_windows, seed=10_000 + seed)
-        return [torch.from_numpy(sampler.batch(0)[0]).to(self.device)]
+        """GPTQ's calibration: `calibration_windows` windows of the training split drawn with `seed`
+        (the only randomness in quantization), in batches of up to 32."""
+        n = self.s.calibration_windows
+        sampler = BatchSampler(self.data.train, config.model.block_size, n, seed=10_000 + seed)
+        x = torch.from_numpy(sampler.batch(0)[0]).to(self.device)
+        return list(x.split(32))
 
 
 def decode_tokens_per_s(model, tokens: int) -> float:
@@ -171,7 +179,8 @@ def quantize_and_score(lab: Lab, model, config, base_loss: float, v: dict, seed:
 def frontier_experiment(lab: Lab, seed: int, model_seed: int) -> dict:
     out = {}
     for name in ("bpe", "large"):
-        model, config, base, seconds = lab.trained(name, model_seed)
+        model, config, _, seconds = lab.trained(name, model_seed)
+        base = lab.plain_loss(model, config)
         entry = {"n_params": model.num_params(), "val_loss": base, "weight_bytes": methods.weight_bytes(model),
                  "decode_tokens_per_s": decode_tokens_per_s(model, lab.s.decode_tokens), "train_seconds": seconds,
                  "variants": {}}
@@ -239,7 +248,7 @@ def distil_quantize_experiment(lab: Lab, seed: int, model_seed: int, students: d
               "distilled": students[f"forward-T{s.dq_temperature:g}"]}
     out = {}
     for name, (model, config) in models.items():
-        points = {"fp32": {"val_loss": lab.val_loss(model, config), "weight_bytes": methods.weight_bytes(model)}}
+        points = {"fp32": {"val_loss": lab.plain_loss(model, config), "weight_bytes": methods.weight_bytes(model)}}
         for label, bits, method in (("int8", 8, "rtn"), ("int4", 4, "gptq")):
             calib = lab.calibration(config, seed) if method == "gptq" else None
             q, nbytes = methods.quantize(model, bits, method, s.dq_group_size, calib)
@@ -264,15 +273,20 @@ def make_results(s: Settings, seeds: list[int], per_seed: list[dict], mode: str,
 def run_lab(s: Settings, seeds: list[int], out: str | Path, mode: str = "default", say=print) -> dict:
     """Every seed, then results.json, report.md and the plots in `out` (rewritten after each seed)."""
     start = time.perf_counter()
-    lab = Lab(s)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(s.threads)
+    try:
+        lab = Lab(s)
 
-    def write(done: list[dict]) -> dict:
-        results = make_results(s, seeds, done, mode, time.perf_counter() - start)
-        harness.write_outputs(report, results, out)
-        return results
+        def write(done: list[dict]) -> dict:
+            results = make_results(s, seeds, done, mode, time.perf_counter() - start)
+            harness.write_outputs(report, results, out)
+            return results
 
-    per_seed = harness.run_seeds(lambda seed: run_seed(lab, seed, seeds[0]), seeds, say, after_each=write)
-    return write(per_seed)
+        per_seed = harness.run_seeds(lambda seed: run_seed(lab, seed, seeds[0]), seeds, say, after_each=write)
+        return write(per_seed)
+    finally:
+        torch.set_num_threads(threads)
 
 
 # ---- the command line -----------------------------------------------------------------------------

@@ -19,13 +19,12 @@
 
 from __future__ import annotations
 
-import copy
-
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from groundup.model import GPT
 from groundup.quantize import quantize_model, weight_bytes
 from groundup.quantize.model import quantizable
 from groundup.train.distill import distill_loss
@@ -35,7 +34,7 @@ IMPLEMENTATION = {"quantize": "groundup.quantize.quantize_model (QuantizedLinear
 METHODS = ("rtn", "gptq")
 KINDS = ("forward", "reverse")
 
-__all__ = ["IMPLEMENTATION", "METHODS", "distillation_loss", "quantize", "quantized_layers", "teacher_samples",
+__all__ = ["IMPLEMENTATION", "METHODS", "distillation_loss", "plain_copy", "quantize", "quantized_layers", "teacher_samples",
            "weight_bytes"]
 
 
@@ -44,10 +43,19 @@ def quantized_layers(model: nn.Module) -> dict[str, nn.Linear]:
     return quantizable(model)
 
 
-def quantize(model: nn.Module, bits: int, method: str, group_size: int | None = None,
+def plain_copy(model: GPT) -> GPT:
+    """The same weights in a plain GPT, without the fused CPU kernels a training engine swaps in
+    (their attention and feed-forward read qkv / up weights directly, past the nn.Linear forward
+    hooks GPTQ records its inputs with: those layers would get an empty Hessian)."""
+    plain = GPT(model.config)
+    plain.load_weights({k: v.detach() for k, v in model.weights().items()}, "the lab's model")
+    return plain.to(model.token_embedding.weight.device).eval()
+
+
+def quantize(model: GPT, bits: int, method: str, group_size: int | None = None,
              calibration: list[torch.Tensor] | None = None) -> tuple[nn.Module, int]:
-    """A quantized copy of `model` (the original is untouched) and its weight bytes."""
-    q = quantize_model(copy.deepcopy(model), bits, group_size if bits == 4 else None, method, calibration)
+    """A quantized plain copy of `model` (the original is untouched) and its weight bytes."""
+    q = quantize_model(plain_copy(model), bits, group_size if bits == 4 else None, method, calibration)
     return q, weight_bytes(q)
 
 
