@@ -21,6 +21,7 @@ from groundup.config import ModelConfig, load_config
 from groundup.model import GPT
 from groundup.sample import SamplingSettings, generate, load_run, prompt_ids
 from groundup.train import checkpoint as ckpt
+from groundup.train import trainer
 from groundup.train.distill import distill_loss, distillation_loss
 from groundup.train.engine import TorchEngine
 from groundup.train.loop import fit
@@ -241,6 +242,15 @@ def test_sequence_level_trains_on_the_teachers_samples(teacher_run, tmp_path, mo
         return real_train(config, run_dir, **kwargs)
 
     monkeypatch.setattr(distill_cmd, "train", spy)
+    trained_on = []  # what the trainer's training sampler really draws from
+
+    class Sampler(trainer.BatchSampler):
+        def __init__(self, tokens, *args, split="train", **kwargs):
+            super().__init__(tokens, *args, split=split, **kwargs)
+            if split == "train":
+                trained_on.append(tokens)
+
+    monkeypatch.setattr(trainer, "BatchSampler", Sampler)
     config = load_config(None, STUDENT)
     result = distill_cmd.distill_run(teacher_run, config, tmp_path / "seq", sequence_level=True, samples=3,
                                      sample_seed=11, progress=False)
@@ -252,9 +262,15 @@ def test_sequence_level_trains_on_the_teachers_samples(teacher_run, tmp_path, mo
     for i in range(3):  # sample i: the start token and block_size tokens drawn with seed 11 + i
         expected += start + list(generate(model, start, SamplingSettings(max_new_tokens=32, temperature=1.0, seed=11 + i)))
     assert seen["data"].train.tolist() == expected
+    assert len(trained_on) == 1 and trained_on[0].tolist() == expected
     np.testing.assert_array_equal(seen["data"].val, distill_cmd.load_data(result.config).val)  # val: the corpus
     recipe = json.loads((tmp_path / "seq" / distill_cmd.RECIPE).read_text())
     assert (recipe["sequence_level"], recipe["samples"], recipe["sample_seed"], recipe["temperature"]) == (True, 3, 11, None)
+    stored = np.fromfile(tmp_path / "seq" / distill_cmd.SAMPLES, dtype=recipe["samples_dtype"])
+    assert stored.tolist() == expected  # kept with the run, so a resumed run trains on the same samples
+    trained_on.clear()
+    assert distill_cmd.resume_distill(tmp_path / "seq", {"max_steps": 10}, progress=False).step == 10
+    assert len(trained_on) == 1 and trained_on[0].tolist() == expected
 
 
 def test_reverse_is_recorded_and_changes_training(teacher_run, tmp_path):
@@ -266,10 +282,15 @@ def test_reverse_is_recorded_and_changes_training(teacher_run, tmp_path):
 
 
 def _cli_error(capsys, *args):
-    code = main(["distill", *args])
+    return _cli_error_of(capsys, ["distill", *args])
+
+
+def _cli_error_of(capsys, argv):
+    """`groundup ARGV` in this process: exit 2 and exactly one line, `error: …`, on stderr."""
+    capsys.readouterr()
+    code = main(argv)
     err = capsys.readouterr().err
-    assert code == 2, err
-    assert err.startswith("error: ") and err.count("\n") == 1, err
+    assert code == 2 and err.startswith("error: ") and err.count("\n") == 1, (code, err)
     return err
 
 
@@ -280,7 +301,7 @@ def test_bad_inputs_get_one_clear_line(teacher_run, tmp_path, capsys):
     assert "temperature" in _cli_error(capsys, "--teacher", str(teacher_run), *common, "--temperature", "-1", "--out", out)
     assert "alpha" in _cli_error(capsys, "--teacher", str(teacher_run), *common, "--alpha", "1.5", "--out", out)
     assert "alpha" in _cli_error(capsys, "--teacher", str(teacher_run), *common, "--alpha", "-0.1", "--out", out)
-    assert "does not exist" in _cli_error(capsys, "--teacher", str(tmp_path / "nope"), *common, "--out", out)
+    assert "teacher: run directory" in _cli_error(capsys, "--teacher", str(tmp_path / "nope"), *common, "--out", out)
     err = _cli_error(capsys, "--teacher", str(teacher_run), *common, "--set", "vocab_size=100", "--out", out)
     assert "100" in err and str(ckpt.read_run_config(teacher_run).model.vocab_size) in err
     corpus = tmp_path / "small.txt"
@@ -291,6 +312,9 @@ def test_bad_inputs_get_one_clear_line(teacher_run, tmp_path, capsys):
                                           "--temperature", "2", "--out", out)
     assert "--samples" in _cli_error(capsys, "--teacher", str(teacher_run), *common, "--sequence-level",
                                      "--samples", "0", "--out", out)
+    assert "block_size 64 is longer than the teacher's context 32" in _cli_error(
+        capsys, "--teacher", str(teacher_run), *common, "--set", "block_size=64", "--out", out)
+    assert "torch engine" in _cli_error(capsys, "--teacher", str(teacher_run), *common, "--set", "engine=numpy", "--out", out)
     existing = tmp_path / "exists"
     existing.mkdir()
     assert "already exists" in _cli_error(capsys, "--teacher", str(teacher_run), *common, "--out", str(existing))
@@ -305,5 +329,26 @@ def test_corrupt_teacher_is_refused_by_the_cli(teacher_run, tmp_path):
         weights.unlink()  # (hard links: write a new file, never through the shared inode)
         weights.write_bytes(b"not safetensors")
     result = run_cli("distill", "--teacher", str(broken), *_sets(STUDENT), "--out", str(tmp_path / "s"))
-    assert_clean_error(result, "no usable checkpoint", str(broken))
+    assert_clean_error(result, "teacher: no usable checkpoint", str(broken))
     assert not (tmp_path / "s").exists()
+
+
+def test_resume_continues_the_distillation_bit_for_bit(teacher_run, tmp_path, capsys):
+    """4 steps, then `groundup distill --resume` to 8, ends with the same weights as 8 steps at once
+    (same teacher, same loss, same batches); `groundup train --resume` is refused (it would switch to CE)."""
+    settings = [*STUDENT, "lr_decay_steps=8", "checkpoint_interval=4"]
+    distill_cmd.distill_run(teacher_run, load_config(None, settings), tmp_path / "once", temperature=3.0, alpha=0.7,
+                            reverse=True, progress=False)
+    distill_cmd.distill_run(teacher_run, load_config(None, [*settings, "max_steps=4"]), tmp_path / "twice",
+                            temperature=3.0, alpha=0.7, reverse=True, progress=False)
+    assert "distill --resume" in _cli_error_of(capsys, ["train", "--resume", str(tmp_path / "twice")])
+    assert "drop --teacher" in _cli_error_of(capsys, ["distill", "--resume", str(tmp_path / "twice"), "--teacher", str(teacher_run)])
+    assert main(["distill", "--resume", str(tmp_path / "twice"), "--set", "max_steps=8"]) == 0
+    once, twice = ((tmp_path / name / ckpt.WEIGHTS).read_bytes() for name in ("once", "twice"))
+    assert once == twice
+
+    recipe_path = tmp_path / "twice" / distill_cmd.RECIPE
+    recipe = json.loads(recipe_path.read_text())
+    recipe["teacher_weights_sha256"] = "0" * 64
+    recipe_path.write_text(json.dumps(recipe))
+    assert "has changed" in _cli_error_of(capsys, ["distill", "--resume", str(tmp_path / "twice"), "--set", "max_steps=9"])

@@ -93,25 +93,46 @@ def test_int8_and_int4_equal_torchao():
 
 
 # ---- the kernels read the codes: same result as dequantize-then-matmul -----------------------------
+def quantized_layer(bits, group, seed=3, n=96, k=256):
+    g = torch.Generator().manual_seed(seed)
+    w, b = torch.randn(n, k, generator=g), torch.randn(n, generator=g)
+    return QuantizedLinear.from_quantized(quantize_rtn(w, bits, group), b), b, g
+
+
 @pytest.mark.parametrize("bits,group", [(8, None), (4, 32), (4, 64), (4, 128)])
-def test_quantized_linear_kernels_match_dequantized_matmul(bits, group, monkeypatch):
-    g = torch.Generator().manual_seed(3)
-    w, b = torch.randn(96, 256, generator=g), torch.randn(96, generator=g)
-    layer = QuantizedLinear.from_quantized(quantize_rtn(w, bits, group), b)
-    calls = []
-    for name in ("_weight_int8pack_mm",):
-        real = getattr(torch, name)
-        monkeypatch.setattr(torch, name, lambda *a, _real=real: calls.append(1) or _real(*a))
-    x = torch.randn(2, 5, 256, generator=g)
-    reference = F.linear(x.double(), layer.dequantize().double(), b.double())  # Ŵ from our own stored form
-    y = layer(x)
-    assert y.shape == (2, 5, 96) and y.dtype == torch.float32
-    torch.testing.assert_close(y.double(), reference, rtol=1e-5, atol=1e-4)
-    if bits == 8:
-        assert calls, "the int8 path must run torch._weight_int8pack_mm"
-    else:
-        assert layer._kernel is not None, "the int4 path must build the kernel layout and run it"
-    torch.testing.assert_close(layer(x.double()), reference, rtol=1e-12, atol=1e-12)  # other dtypes: dequantized
+def test_torch_low_bit_kernels_match_dequantized_matmul(bits, group):
+    """PyTorch's own ops (torch._weight_int8pack_mm, aten._weight_int4pack_mm_for_cpu with the layout
+    and zero-point convention built at load time) compute x·Ŵᵀ for Ŵ dequantized from our storage."""
+    layer, _, g = quantized_layer(bits, group)
+    x = torch.randn(7, 256, generator=g)
+    reference = x.double() @ layer.dequantize().double().T
+    torch.testing.assert_close(layer.torch_kernel(x).double(), reference, rtol=1e-5, atol=1e-4)
+    # bfloat16 (the path `forward` gives bf16 inputs): x and y rounded to bf16, nothing else
+    xb = x.bfloat16()
+    y = layer(xb)
+    assert y.dtype == torch.bfloat16
+    reference = F.linear(xb.double(), layer.dequantize().double(), layer.bias.double())
+    torch.testing.assert_close(y.double(), reference, rtol=2 ** -7, atol=2 ** -7 * float(reference.abs().max()))
+
+
+@pytest.mark.parametrize("bits,group", [(8, None), (4, 32), (4, 64), (4, 128)])
+def test_quantized_linear_matches_dequantized_matmul_on_every_path(bits, group, monkeypatch):
+    from groundup import kernels
+
+    layer, b, g = quantized_layer(bits, group)
+    used = []
+    for name in ("int8_linear", "int4_linear"):
+        real = getattr(kernels, name)
+        monkeypatch.setattr(kernels, name, lambda *a, _real=real, _name=name: used.append(_name) or _real(*a))
+    for rows in (1, 5, 40):  # decoding (the code-reading kernels), and a prompt (dequantize once)
+        x = torch.randn(rows, 256, generator=g)
+        reference = F.linear(x.double(), layer.dequantize().double(), b.double())
+        y = layer(x[None])[0]
+        assert y.dtype == torch.float32
+        torch.testing.assert_close(y.double(), reference, rtol=1e-5, atol=1e-4)
+    if kernels.enabled():
+        assert used == [f"int{bits}_linear"] * 2, used  # 1 and 5 rows: the kernel; 40 rows: dequantized
+    torch.testing.assert_close(layer(x.double()), reference, rtol=1e-12, atol=1e-12)  # float64: dequantized
 
 
 def test_int4_kernel_layout_is_rebuilt_when_the_codes_change():

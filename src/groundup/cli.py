@@ -120,6 +120,13 @@ def cmd_train(args) -> int:
             raise GroundupError("--resume continues a run with its own config.json; drop --config (use --set to change train settings)")
         from groundup.config import parse_override
 
+        from pathlib import Path
+
+        from groundup.distill import RECIPE
+
+        if (Path(args.resume) / RECIPE).exists():
+            raise GroundupError(f"{args.resume} is a distilled student; `groundup train --resume` would continue it with "
+                                f"plain cross-entropy: continue it with `groundup distill --resume {args.resume}`")
         config = read_run_config(args.resume).replace(**dict(parse_override(o) for o in overrides))
         result = train(config, args.resume, resume=True, faults=faults)
     elif args.plan:
@@ -137,20 +144,34 @@ def cmd_train(args) -> int:
 
 # ---- distill --------------------------------------------------------------------------------
 def cmd_distill(args) -> int:
-    from groundup.config import load_config
-    from groundup.distill import DEFAULT_ALPHA, DEFAULT_SAMPLES, DEFAULT_TEMPERATURE, distill_run
+    from groundup.config import load_config, parse_override
+    from groundup.distill import DEFAULT_ALPHA, DEFAULT_SAMPLES, DEFAULT_TEMPERATURE, distill_run, resume_distill
 
     overrides = list(args.set or [])
     if args.max_steps is not None:
         overrides.append(f"max_steps={args.max_steps}")
     if args.device is not None:
         overrides.append(f"device={args.device}")
+    if args.resume:
+        given = [flag for flag, value in (("--teacher", args.teacher), ("--config", args.config), ("--out", args.out),
+                                          ("--temperature", args.temperature), ("--alpha", args.alpha),
+                                          ("--reverse", args.reverse or None), ("--sequence-level", args.sequence_level or None),
+                                          ("--samples", args.samples), ("--sample-seed", args.sample_seed)) if value is not None]
+        if given:
+            raise GroundupError(f"--resume continues a distilled run with the recipe in its distill.json; drop "
+                                f"{', '.join(given)} (use --set to change train settings)")
+        result = resume_distill(args.resume, dict(parse_override(o) for o in overrides))
+        return EXIT_DIVERGED if result.stopped_by == "diverged" else 0
+    if not args.teacher or not args.out:
+        raise GroundupError("say which teacher and where the student goes: --teacher runs/T --out runs/S "
+                            "(or --resume runs/S to continue one)")
     if args.sequence_level:
         given = [flag for flag, value in (("--temperature", args.temperature), ("--alpha", args.alpha),
                                           ("--reverse", args.reverse or None)) if value is not None]
         if given:
             raise GroundupError(f"--sequence-level trains with plain cross-entropy on the teacher's samples; "
-                                f"{', '.join(given)} apply to token-level distillation only: drop them")
+                                f"{', '.join(given)} {'apply' if len(given) > 1 else 'applies'} to token-level "
+                                f"distillation only: drop {'them' if len(given) > 1 else 'it'}")
     elif args.samples is not None or args.sample_seed is not None:
         raise GroundupError("--samples and --sample-seed go with --sequence-level")
     config = load_config(args.config, overrides)
@@ -295,10 +316,12 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
                                     "(1 − alpha)·cross-entropy (Hinton et al. 2015), or plain cross-entropy on the "
                                     "teacher's samples (--sequence-level, Kim & Rush 2016). Writes a normal run "
                                     "directory plus distill.json (the recipe).")
-    di.add_argument("--teacher", required=True, metavar="RUN_DIR", help="the trained teacher run, e.g. runs/T")
+    di.add_argument("--teacher", metavar="RUN_DIR", help="the trained teacher run, e.g. runs/T")
     di.add_argument("--config", help="the student's TOML config (its [data] defaults to the teacher's)")
     di.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a student config field")
-    di.add_argument("--out", required=True, help="the student's run directory to create, e.g. runs/S")
+    di.add_argument("--out", help="the student's run directory to create, e.g. runs/S")
+    di.add_argument("--resume", metavar="RUN_DIR", help="continue a distilled run from its last good checkpoint "
+                                                       "(same teacher, loss and data, from its distill.json)")
     di.add_argument("--temperature", type=float, default=None, help="T > 0 softening both distributions (default 2)")
     di.add_argument("--alpha", type=float, default=None, help="weight of the soft term in [0, 1] (default 0.5)")
     di.add_argument("--reverse", action="store_true", help="reverse KL: KL(p_student^T ‖ p_teacher^T)")

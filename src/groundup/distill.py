@@ -21,6 +21,7 @@ distributions are compared token by token. Teacher and student may differ in eve
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,7 +29,7 @@ import numpy as np
 
 from groundup.config import DataConfig, RunConfig
 from groundup.data import TokenData
-from groundup.errors import ConfigError, GroundupError
+from groundup.errors import CheckpointError, ConfigError, GroundupError
 from groundup.model import GPT
 from groundup.sample import SamplingSettings, generate, load_run, prompt_ids
 from groundup.tokenizer.base import Tokenizer
@@ -38,6 +39,7 @@ from groundup.train.trainer import TrainResult, load_data, train
 from groundup.util.files import atomic_write_json
 
 RECIPE = "distill.json"  # in the student's run directory
+SAMPLES = "teacher_samples.bin"  # sequence level: the teacher's samples the student trains on (raw token ids)
 DEFAULT_TEMPERATURE = 2.0
 DEFAULT_ALPHA = 0.5
 DEFAULT_SAMPLES = 512
@@ -60,8 +62,11 @@ def load_teacher(run_dir: str | Path, device: str = "auto") -> Teacher:
     """The newest good checkpoint of a run, frozen (eval mode, no gradients). A missing or corrupt
     run raises CheckpointError naming the file."""
     run_dir = Path(run_dir)
-    _, state = ckpt.find_checkpoint(run_dir)  # the checkpoint load_run reads: verified, with its checksum
-    model, tokenizer, config = load_run(run_dir, device)
+    try:
+        _, state = ckpt.find_checkpoint(run_dir)  # the checkpoint load_run reads: verified, with its checksum
+        model, tokenizer, config = load_run(run_dir, device)
+    except GroundupError as e:
+        raise type(e)(f"teacher: {e}") from None
     return Teacher(run_dir, freeze(model), tokenizer, config, state["step"], state["files"][ckpt.WEIGHTS])
 
 
@@ -131,6 +136,7 @@ def recipe(teacher: Teacher, temperature: float | None, alpha: float | None, rev
         "samples": samples,
         "sample_seed": sample_seed,
         "sample_temperature": SAMPLE_TEMPERATURE if sequence_level else None,
+        "samples_file": SAMPLES if sequence_level else None,
     }
 
 
@@ -159,6 +165,7 @@ def distill_run(teacher_dir: str | Path, config: RunConfig, out: str | Path, *, 
         tokens = teacher_samples(teacher.model, teacher.tokenizer, samples, config.model.block_size, sample_seed)
         data, loss = dataclasses.replace(data, train=tokens), None
         record = recipe(teacher, None, None, False, True, samples, sample_seed)
+        record["samples_dtype"] = tokens.dtype.name
     else:
         loss = distill_loss(teacher.model, temperature, alpha, reverse)
         record = recipe(teacher, temperature, alpha, reverse, False, None, None)
@@ -168,4 +175,52 @@ def distill_run(teacher_dir: str | Path, config: RunConfig, out: str | Path, *, 
                  f"{record['method']}: T = {temperature:g}, alpha = {alpha:g}, {record['direction']} KL"), flush=True)
     out.mkdir(parents=True)
     atomic_write_json(out / RECIPE, record)
+    if sequence_level:
+        data.train.tofile(out / SAMPLES)
     return train(config, out, progress=progress, loss=loss, data=data)
+
+
+def read_recipe(run_dir: str | Path) -> dict:
+    """A distilled run's distill.json (CheckpointError when missing or corrupt)."""
+    path = Path(run_dir) / RECIPE
+    if not path.is_file():
+        raise CheckpointError(f"{path} is missing: {run_dir} is not a distilled run (continue a plain run with "
+                              f"`groundup train --resume {run_dir}`)")
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+        keys = {"teacher": str, "teacher_weights_sha256": str, "sequence_level": bool}
+        if not isinstance(record, dict) or not all(isinstance(record.get(k), t) for k, t in keys.items()):
+            raise ValueError
+    except (ValueError, UnicodeDecodeError):
+        raise CheckpointError(f"{path} is corrupt (not the JSON object groundup distill writes)") from None
+    return record
+
+
+def resume_distill(run_dir: str | Path, overrides: dict | None = None, progress: bool = True) -> TrainResult:
+    """Continue a distilled run from its last good checkpoint with the recipe in its distill.json: the
+    same teacher (its weights must still have the recorded SHA-256), loss and data. `overrides`:
+    config fields to change, as for `groundup train --resume` (e.g. {"max_steps": 2000})."""
+    run_dir = Path(run_dir)
+    record = read_recipe(run_dir)
+    config = ckpt.read_run_config(run_dir).replace(**(overrides or {}))
+    teacher = load_teacher(record["teacher"], config.train.device)
+    if teacher.weights_sha256 != record["teacher_weights_sha256"]:
+        raise CheckpointError(f"the teacher {record['teacher']} has changed since {run_dir} started (weights SHA-256 "
+                              f"{teacher.weights_sha256[:12]}…, recorded {record['teacher_weights_sha256'][:12]}…); "
+                              "distill a new student from it instead")
+    config, data = student_config(config, teacher)
+    if record["sequence_level"]:
+        path = run_dir / SAMPLES
+        try:
+            tokens = np.fromfile(path, dtype=np.dtype(record.get("samples_dtype", "uint16")))
+        except (OSError, TypeError, ValueError) as e:
+            raise CheckpointError(f"{path} cannot be read ({e}); the run's teacher samples are gone") from None
+        if len(tokens) != record.get("samples", 0) * (config.model.block_size + 1) or \
+                (len(tokens) and int(tokens.max()) >= config.model.vocab_size):
+            raise CheckpointError(f"{path} is corrupt or truncated ({len(tokens)} tokens; expected "
+                                  f"{record.get('samples')} samples of {config.model.block_size + 1})")
+        data, loss = dataclasses.replace(data, train=tokens), None
+    else:
+        check_recipe(record.get("temperature"), record.get("alpha"))
+        loss = distill_loss(teacher.model, record["temperature"], record["alpha"], record.get("direction") == "reverse")
+    return train(config, run_dir, resume=True, progress=progress, loss=loss, data=data)

@@ -14,6 +14,10 @@ train.optim.configure_adamw picks the fused update (both switched by train.kerne
   layer_norm(x, γ, β, eps)      layer norm, forward and backward         twin: F.layer_norm
   linear(x, W, b)               x·Wᵀ + b and its gradients, as register  twin: F.linear
                                 tiles of 8 × 32 (the matrix products)
+  int8_linear(x, q, s, b)       x·Ŵᵀ + b, Ŵ = s ⊙ q read as int8 codes   twin: F.linear(x, q·s, b)
+  int4_linear(x, q, s, z, g, b) x·Ŵᵀ + b, Ŵ = s·(q − z) read as packed    twin: F.linear(x, dequantized, b)
+                                int4 codes, groups of g (no autograd:
+                                for decoding; groundup.quantize)
   total_norm(tensors), clip_    ‖g‖₂ over all gradients, clipping        twin: torch.nn.utils.get_total_norm,
                                                                                clip_grads_with_norm_
   adamw_step(…)                 AdamW over all parameters in one pass    twin: torch.optim.AdamW
@@ -98,7 +102,9 @@ def _build() -> ctypes.CDLL:
     lib.adamw_step.argtypes = [f32p, f32p, f32p, f32p, f32p, i32, f32, f32, f32, f32, f32, f32, f32, i32]
     lib.matmul.argtypes = [i64, i64, i64, f32p, i64, i64, f32p, i64, i64, f32p, f32p, i64, i32]
     lib.linear_backward.argtypes = [i64, i64, i64, f32p, i64, i64, f32p, i64, i64, f32p, f32p, f32p, f32p, i32]
-    for fn in (lib.gelu_forward, lib.gelu_backward, lib.attention_forward, lib.attention_backward,
+    lib.int8_linear.argtypes = [f32p, f32p, f32p, f32p, f32p, i64, i64, i64, i32]
+    lib.int4_linear.argtypes = [f32p, f32p, f32p, f32p, f32p, f32p, f32p, f32p, i64, i64, i64, i64, i32]
+    for fn in (lib.int8_linear, lib.int4_linear, lib.gelu_forward, lib.gelu_backward, lib.attention_forward, lib.attention_backward,
                lib.layer_norm_forward, lib.layer_norm_backward, lib.matmul, lib.linear_backward, lib.scale, lib.adamw_step):
         fn.restype = None
     return lib
@@ -355,3 +361,35 @@ def adamw_step(pointers: tuple, grads: list[torch.Tensor], *, step: int, lr: flo
     params, exp_avgs, exp_avg_sqs, sizes = pointers
     library().adamw_step(params, _pointers(grads)[0], exp_avgs, exp_avg_sqs, sizes, len(grads), lr, beta1, beta2, eps,
                          weight_decay, 1 - beta1 ** step, (1 - beta2 ** step) ** 0.5, torch.get_num_threads())
+
+
+# ---- low-bit weight-only products (groundup.quantize: decoding reads the codes, not floats) ----------
+def lowbit_runs_on(x: torch.Tensor) -> bool:
+    """True where int8_linear / int4_linear run: float32 on the CPU with the kernels on (any size)."""
+    return _usable(x)
+
+
+def int8_linear(x: torch.Tensor, q: torch.Tensor, scales: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """x (M, K) float32 · (s ⊙ q)ᵀ + b with q (N, K) int8, s (N,): y[m, n] = s[n]·Σ_k x[m, k]·q[n, k] + b[n]."""
+    x = x.contiguous()
+    M, K = x.shape
+    N = q.shape[0]
+    y = x.new_empty(M, N)
+    library().int8_linear(_ptr(x), _ptr(q), _ptr(scales), _ptr_or_none(bias), _ptr(y), M, N, K, torch.get_num_threads())
+    return y
+
+
+def int4_linear(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, group_size: int,
+                bias: torch.Tensor | None) -> torch.Tensor:
+    """x (M, K) float32 · Ŵᵀ + b with Ŵ[n, k] = s[n, k/g]·(q[n, k] − z[n, k/g]), q packed two per byte
+    (packed (N, K/2) uint8: column 2j in the low nibble), s float32 and z uint8 (N, K/g)."""
+    x = x.contiguous()
+    M, K = x.shape
+    N = packed.shape[0]
+    pairs = x.view(M, K // 2, 2)
+    even, odd = pairs[..., 0].contiguous(), pairs[..., 1].contiguous()
+    group_sums = x.view(M, K // group_size, group_size).sum(-1).contiguous()
+    y = x.new_empty(M, N)
+    library().int4_linear(_ptr(even), _ptr(odd), _ptr(group_sums), _ptr(packed), _ptr(scales), _ptr(zeros),
+                          _ptr_or_none(bias), _ptr(y), M, N, K, group_size, torch.get_num_threads())
+    return y

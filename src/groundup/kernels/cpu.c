@@ -667,3 +667,68 @@ void adamw_step(float *const *param, float *const *grad, float *const *exp_avg, 
     }
     free(c);
 }
+
+/* ---- low-bit weight-only matrix-vector products (groundup.quantize) --------------------------------
+ * Decoding multiplies a few rows x (M × K) by each weight matrix, and reading the weights is the cost:
+ * these read the stored integer codes directly and convert them in registers, one output channel at
+ * a time (a row of W is K bytes or K/2 bytes, re-read from L1 for each of the M rows of x).
+ *
+ * int8:  y[m, n] = s[n] · Σ_k x[m, k] · q[n, k]  (+ b[n])
+ * int4:  y[m, n] = Σ_g s[n, g] · (Σ_{k ∈ g} x[m, k] · q[n, k] − z[n, g] · Σ_{k ∈ g} x[m, k])  (+ b[n])
+ *        q[n, 2j] = low nibble of byte j of row n, q[n, 2j+1] = its high nibble. The caller passes x
+ *        split into its even and odd columns (xe, xo: M × K/2) and the group sums xs (M × K/g). */
+void int8_linear(const float *x, const int8_t *q, const float *s, const float *b, float *y, int64_t M, int64_t N,
+                 int64_t K, int threads) {
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (int64_t n = 0; n < N; n++) {
+        const int8_t *row = q + n * K;
+        for (int64_t m = 0; m < M; m++) {
+            const float *xm = x + m * K;
+            float acc = 0.0f;
+#pragma omp simd reduction(+ : acc)
+            for (int64_t k = 0; k < K; k++)
+                acc += xm[k] * (float)row[k];
+            y[m * N + n] = acc * s[n] + (b ? b[n] : 0.0f);
+        }
+    }
+}
+
+/* Σ_j e[j]·lo(bytes[j]) + o[j]·hi(bytes[j]) over one group of GH bytes (2·GH columns); the length
+ * is a compile-time constant, so the loop is fully vectorised without a remainder. */
+#define INT4_GROUP_DOT(GH)                                                                                \
+    static inline float int4_dot_##GH(const uint8_t *bytes, const float *e, const float *o) {            \
+        float acc = 0.0f;                                                                                 \
+        _Pragma("omp simd reduction(+ : acc)") for (int j = 0; j < GH; j++) acc +=                        \
+            e[j] * (float)(bytes[j] & 15) + o[j] * (float)(bytes[j] >> 4);                                \
+        return acc;                                                                                       \
+    }
+INT4_GROUP_DOT(16)
+INT4_GROUP_DOT(32)
+INT4_GROUP_DOT(64)
+
+static inline float int4_dot(const uint8_t *bytes, const float *e, const float *o, int64_t gh) {
+    if (gh == 64) return int4_dot_64(bytes, e, o);
+    if (gh == 32) return int4_dot_32(bytes, e, o);
+    if (gh == 16) return int4_dot_16(bytes, e, o);
+    float acc = 0.0f;
+    for (int64_t j = 0; j < gh; j++) acc += e[j] * (float)(bytes[j] & 15) + o[j] * (float)(bytes[j] >> 4);
+    return acc;
+}
+
+void int4_linear(const float *xe, const float *xo, const float *xs, const uint8_t *q, const float *s, const uint8_t *z,
+                 const float *b, float *y, int64_t M, int64_t N, int64_t K, int64_t group, int threads) {
+    const int64_t half = K / 2, gh = group / 2, G = K / group;
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (int64_t n = 0; n < N; n++) {
+        const uint8_t *row = q + n * half;
+        for (int64_t m = 0; m < M; m++) {
+            const float *em = xe + m * half, *om = xo + m * half, *sm = xs + m * G;
+            float total = 0.0f;
+            for (int64_t g = 0; g < G; g++) {
+                float acc = int4_dot(row + g * gh, em + g * gh, om + g * gh, gh);
+                total += s[n * G + g] * (acc - (float)z[n * G + g] * sm[g]);
+            }
+            y[m * N + n] = total + (b ? b[n] : 0.0f);
+        }
+    }
+}

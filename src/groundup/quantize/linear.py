@@ -1,19 +1,28 @@
 """QuantizedLinear: y = x·Ŵᵀ + b with Ŵ held as low-bit codes, multiplied without rebuilding Ŵ.
 
-A decoding step on the CPU is bound by reading the weights, so the matmul reads the codes directly
-with PyTorch's own CPU kernels:
+A decoding step on the CPU is bound by reading the weights, so the product must read the codes
+directly. Three paths, by what x is:
 
-  int8   torch._weight_int8pack_mm(x, q (N, K) int8, s (N,))         y = x · (s ⊙ q)ᵀ
-  int4   aten._weight_int4pack_mm_for_cpu(x, packed, g, sz)          y = x · Ŵᵀ,
-         Ŵ[n, k] = (q[n, k] − 8) · s[n, k/g] + m[n, k/g]             (tinygemm's convention: a
-                                                                      float offset m around code 8)
-         packed = aten._convert_weight_to_int4pack_for_cpu(q int32 (N, K), 2), sz = (K/g, N, 2)
+  float32, CPU, ≤ 16 rows       groundup.kernels.int8_linear / int4_linear: read the stored codes
+  (decoding)                    (int8 (N, K); int4 packed (N, K/2)), convert them in registers
+  bfloat16, CPU                 PyTorch's own kernels (the ones torchao builds on):
+                                  int8  torch._weight_int8pack_mm(x, q (N, K) int8, s (N,))
+                                  int4  aten._weight_int4pack_mm_for_cpu(x, packed, g, sz), with
+                                        Ŵ = (q − 8)·s + m  (tinygemm's convention: a float offset m
+                                        around code 8), so m = s·(8 − z) for our integer zero point z;
+                                        packed = aten._convert_weight_to_int4pack_for_cpu(q int32, 2)
+  anything else                 Ŵ dequantized, then F.linear (many rows at once: the prompt,
+  (prefill, GPU, float64, …)    evaluation — the dequantization is paid once per call, over all rows)
 
-Our stored zero point z is an integer code (Ŵ = s · (q − z)), so m = s · (8 − z) gives the same
-Ŵ. The kernel layout is built from the stored tensors the first time it is needed (and again if
-they are replaced or changed in place). Off the CPU, or for inputs that are not float32, Ŵ is dequantized and
-multiplied with F.linear: the same function, slower. The buffers `qweight`, `scales`, `zeros`
-(int4) and `bias` are the module's state dict: exactly what a quantized run stores.
+Why not PyTorch's kernels for float32: in torch 2.13's CPU build their float32 path is not
+vectorised — at GPT-2-small's 768 → 2304 with one row, _weight_int8pack_mm takes ~2.7 ms in
+float32 against ~0.19 ms in bfloat16 and ~0.13 ms for the plain float32 F.linear
+(benchmarks/quantize.py); the bfloat16 path rounds x and y to bfloat16. So groundup's own
+float32 kernels run the decoding step, and PyTorch's serve bfloat16 inputs.
+
+The int4 kernel layout is built from the stored tensors the first time it is needed (and again if
+they are replaced or changed in place). The buffers `qweight`, `scales`, `zeros` (int4) and `bias`
+are the module's state dict: exactly what a quantized run stores.
 """
 
 from __future__ import annotations
@@ -22,10 +31,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from groundup import kernels
 from groundup.quantize.formats import QuantizedWeight, dequantize_int4, dequantize_int8, unpack_int4
 
 INT4_MIDPOINT = 8  # tinygemm's codes are centred on 8
 INNER_K_TILES = 2
+KERNEL_ROWS = 16  # up to this many rows of x: the code-reading kernels; more: dequantize once and F.linear
 
 
 def int4_kernel_layout(qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -70,17 +81,27 @@ class QuantizedLinear(nn.Module):
         return dequantize_int4(self.qweight, self.scales, self.zeros, self.group_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.device.type != "cpu" or x.dtype != torch.float32:
-            return F.linear(x, self.dequantize().to(x.dtype), None if self.bias is None else self.bias.to(x.dtype))
         shape = x.shape
-        x2 = x.reshape(-1, self.in_features).contiguous()
-        if self.bits == 8:
-            y = torch._weight_int8pack_mm(x2, self.qweight, self.scales)
+        x2 = x.reshape(-1, self.in_features)
+        if x2.shape[0] <= KERNEL_ROWS and kernels.lowbit_runs_on(x2):
+            if self.bits == 8:
+                y = kernels.int8_linear(x2, self.qweight, self.scales, self.bias)
+            else:
+                y = kernels.int4_linear(x2, self.qweight, self.scales, self.zeros, self.group_size, self.bias)
+        elif x2.device.type == "cpu" and x2.dtype == torch.bfloat16:
+            y = self.torch_kernel(x2.contiguous())
+            if self.bias is not None:
+                y = y + self.bias.to(y.dtype)
         else:
-            y = torch.ops.aten._weight_int4pack_mm_for_cpu(x2, *self._int4_kernel_args())
-        if self.bias is not None:
-            y = y + self.bias
+            y = F.linear(x2, self.dequantize().to(x.dtype), None if self.bias is None else self.bias.to(x.dtype))
         return y.reshape(*shape[:-1], self.out_features)
+
+    def torch_kernel(self, x: torch.Tensor) -> torch.Tensor:
+        """x (M, K) · Ŵᵀ by PyTorch's own low-bit CPU kernel (no bias); x float32 or bfloat16."""
+        if self.bits == 8:
+            return torch._weight_int8pack_mm(x, self.qweight, self.scales.to(x.dtype))
+        packed, group, scales_and_zeros = self._int4_kernel_args()
+        return torch.ops.aten._weight_int4pack_mm_for_cpu(x, packed, group, scales_and_zeros.to(x.dtype))
 
     def _int4_kernel_args(self):
         source = (self.qweight, self.scales, self.zeros)
