@@ -15,6 +15,7 @@ from groundup.config import load_config
 from groundup.labs import docs as lab_docs
 from groundup.labs import harness
 from groundup.labs.efficiency import lab, measures, methods, report
+from groundup.engines.torch.kernels import use_kernels
 from groundup.model import GPT
 from groundup.train.engine import TorchEngine
 from groundup.train.loop import fit
@@ -57,6 +58,23 @@ def test_quantize_leaves_the_original_and_shrinks_the_bytes():
     # int8: 1 byte per weight + a float32 scale per row; int4: ½ byte + a float32 scale and a uint8 zero per 32
     assert fp32 - 3 * linear < b8 < fp32 - 3 * linear + linear // 4
     assert b4 == fp32 - 4 * linear + linear // 2 + 5 * (linear // 32)
+
+
+def test_gptq_on_a_model_with_the_fused_training_kernels(one_thread):
+    """The lab's models come out of a training engine with groundup's fused CPU kernels swapped in;
+    their attention and feed-forward read the qkv / up weights past the nn.Linear forward, so GPTQ
+    must run on a plain copy (else those layers get an empty Hessian and Cholesky fails)."""
+    torch.manual_seed(0)
+    config = load_config(None, ["vocab_size=50", "n_layer=1", "n_embd=128", "n_head=4", "block_size=64"]).model
+    fused = use_kernels(GPT(config).eval())
+    plain = GPT(config).eval()
+    plain.load_weights(fused.weights())
+    x = torch.randint(0, 50, (4, 64), generator=torch.Generator().manual_seed(3))
+    q_fused, bytes_fused = methods.quantize(fused, 4, "gptq", 32, [x])
+    q_plain, bytes_plain = methods.quantize(plain, 4, "gptq", 32, [x])
+    with torch.no_grad():
+        torch.testing.assert_close(q_fused(x)[0], q_plain(x)[0])
+    assert bytes_fused == bytes_plain
 
 
 def _counting_model() -> tuple[GPT, tuple]:
