@@ -15,6 +15,13 @@ run, the students once per seed), methods.py is the one place the quantizer and 
 loss are called, measures.py holds the figures of merit, report.py turns results.json into the
 verdicts, report.md and plots.
 
+The default run is sized for ≤ 20 min on 2 quiet CPU cores with 1 torch thread; estimated from
+timed short runs (steps measured at load 0.1: shipped-recipe step 0.14 s, student 0.04 s; the rest
+scaled from runs under load): models ≈ 4.5 min (600 + 400 steps), students ≈ 2.7 min per seed
+(scratch and sequence-level ≈ 10 s each, the four KL students ≈ 0.13 s a step with the teacher's
+forward pass), frontier ≈ 1.2 min per seed (16 quantizations, 5 of them GPTQ, each scored on the
+validation batches), distil-then-quantize ≈ 6 s per seed: ≈ 16–17 min in all with 3 seeds.
+
     groundup lab efficiency                  # 3 seeds
     groundup lab efficiency --quick          # 1 seed, tiny models
     groundup lab efficiency --report-from runs/efficiency/results.json --out DIR

@@ -48,15 +48,15 @@ class Settings:
     bpe_heads: int = 4
     bpe_embd: int = 128
     bpe_steps: int = 600
-    large_layers: int = 6
-    large_heads: int = 6
-    large_embd: int = 192
-    large_steps: int = 600
+    large_layers: int = 4
+    large_heads: int = 8
+    large_embd: int = 256  # every group size (32, 64, 128) divides the widths
+    large_steps: int = 400
     # the student (the teacher is the "bpe" model)
     student_layers: int = 2
     student_heads: int = 2
     student_embd: int = 32
-    student_steps: int = 300
+    student_steps: int = 250
     # quantization
     group_sizes: tuple = (32, 64, 128)
     calibration_windows: int = 128
