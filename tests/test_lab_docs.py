@@ -16,8 +16,8 @@ from groundup.labs import docs
 from conftest import REPO
 
 DOCS = REPO / "docs" / "labs"
-# Labs whose default run has not been committed yet: their page is still hand-written. Empty now.
-NOT_YET_RUN: set[str] = set()
+# Labs whose default run has not been committed yet (the lead runs them on a quiet machine).
+NOT_YET_RUN: set[str] = {"efficiency"}
 
 
 @pytest.mark.parametrize("lab", list(docs.LABS))
