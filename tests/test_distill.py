@@ -352,3 +352,12 @@ def test_resume_continues_the_distillation_bit_for_bit(teacher_run, tmp_path, ca
     recipe["teacher_weights_sha256"] = "0" * 64
     recipe_path.write_text(json.dumps(recipe))
     assert "has changed" in _cli_error_of(capsys, ["distill", "--resume", str(tmp_path / "twice"), "--set", "max_steps=9"])
+
+
+def test_resume_of_a_run_that_is_not_distilled(teacher_run, tmp_path, capsys):
+    assert "is not a distilled run" in _cli_error_of(capsys, ["distill", "--resume", str(teacher_run)])
+    fake = tmp_path / "fake"
+    shutil.copytree(teacher_run, fake)
+    (fake / distill_cmd.RECIPE).write_text("[1, 2]")
+    assert "distill.json is corrupt" in _cli_error_of(capsys, ["distill", "--resume", str(fake)])
+    assert "--teacher runs/T --out runs/S" in _cli_error_of(capsys, ["distill", "--teacher", str(teacher_run)])

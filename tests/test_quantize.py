@@ -345,4 +345,23 @@ def test_quantize_model_validates_and_keeps_head_float32():
         quantize_model(model, 2)
     head = model.lm_head.weight.clone()
     quantize_model(model, 4, 64)
-    assert torch.equal(model.lm_head.weight, head) and model.quantization == {"bits": 4, "group_size": 64, "method": "rtn"}
+    assert torch.equal(model.lm_head.weight, head) and model.quantization == {"bits": 4, "group_size": 64, "method": "rtn", "head": False}
+
+
+def test_quantize_head_writes_and_loads_a_quantized_copy_of_the_head(run_dir, tmp_path, capsys):
+    out = tmp_path / "run-int4-head"
+    assert main(["quantize", "--run", str(run_dir), "--bits", "4", "--group-size", "32", "--method", "gptq",
+                 "--calibration", "4", "--quantize-head", "--out", str(out)]) == 0
+    assert "LM head quantized" in capsys.readouterr().out
+    recipe = json.loads((out / ckpt.STATE).read_text())["quantization"]
+    assert recipe["head"] is True and "lm_head (tied to the token embedding)" not in recipe["kept_float32"]
+    model, _, _ = load_run(out, "cpu")
+    assert isinstance(model.lm_head, QuantizedLinear) and model.token_embedding.weight.dtype == torch.float32
+    float_model, _, _ = load_model(run_dir, "cpu")
+    assert torch.equal(model.token_embedding.weight, float_model.token_embedding.weight)  # lookups stay exact
+    assert set(load_file(out / ckpt.WEIGHTS)) >= {"lm_head.qweight", "lm_head.scales", "lm_head.zeros", "token_embedding.weight"}
+    assert main(["sample", "--run", str(out), "--prompt", "To", "--max-new-tokens", "5", "--temperature", "0"]) == 0
+    from groundup.serve.inspect import Inspector
+
+    _, logits = Inspector(model, load_run(out, "cpu")[1]).attention_and_logits([1, 2, 3])
+    torch.testing.assert_close(logits, model(torch.tensor([[1, 2, 3]]))[0][0], rtol=1e-5, atol=1e-5)

@@ -197,7 +197,8 @@ def cmd_sample(args) -> int:
 def cmd_quantize(args) -> int:
     from groundup.quantize import quantize_run
 
-    quantize_run(args.run, args.out, args.bits, args.group_size, args.method, args.calibration, args.seed, args.device)
+    quantize_run(args.run, args.out, args.bits, args.group_size, args.method, args.calibration, args.seed, args.device,
+                 head=args.quantize_head)
     return 0
 
 
@@ -351,6 +352,8 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     qu.add_argument("--method", default="rtn", help="rtn (round to nearest) or gptq (error compensation on calibration data)")
     qu.add_argument("--calibration", type=int, default=128, help="GPTQ: calibration sequences from the training split")
     qu.add_argument("--seed", type=int, default=0, help="GPTQ: which calibration sequences")
+    qu.add_argument("--quantize-head", action="store_true",
+                    help="quantize the LM head too (a copy; the tied embedding stays float32). Default: head kept float32")
     qu.add_argument("--device", default="cpu", help="where to quantize and evaluate (cpu, cuda, auto)")
     qu.add_argument("--out", required=True, help="the new run directory, e.g. runs/shakespeare_char-int4 (must not exist)")
     qu.set_defaults(func=cmd_quantize)

@@ -715,20 +715,47 @@ static inline float int4_dot(const uint8_t *bytes, const float *e, const float *
     return acc;
 }
 
+#if defined(__AVX512F__)
+#include <immintrin.h>
+/* One row of codes against one row of x, AVX-512: 16 bytes (32 codes) per step, the group's sum kept
+ * in a vector and scaled into the row's vector total, one horizontal sum per row. */
+static float int4_row(const uint8_t *row, const float *e, const float *o, const float *xs, const float *s,
+                      const uint8_t *z, int64_t G, int64_t gh) {
+    const __m128i low = _mm_set1_epi8(15);
+    __m512 total = _mm512_setzero_ps();
+    float offset = 0.0f;
+    for (int64_t g = 0; g < G; g++) {
+        __m512 acc_e = _mm512_setzero_ps(), acc_o = _mm512_setzero_ps();
+        for (int64_t j = g * gh; j < (g + 1) * gh; j += 16) {
+            __m128i b = _mm_loadu_si128((const __m128i *)(row + j));
+            __m512 lo = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_and_si128(b, low)));
+            __m512 hi = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_and_si128(_mm_srli_epi16(b, 4), low)));
+            acc_e = _mm512_fmadd_ps(_mm512_loadu_ps(e + j), lo, acc_e);
+            acc_o = _mm512_fmadd_ps(_mm512_loadu_ps(o + j), hi, acc_o);
+        }
+        total = _mm512_fmadd_ps(_mm512_set1_ps(s[g]), _mm512_add_ps(acc_e, acc_o), total);
+        offset += s[g] * (float)z[g] * xs[g];
+    }
+    return _mm512_reduce_add_ps(total) - offset;
+}
+#else
+static float int4_row(const uint8_t *row, const float *e, const float *o, const float *xs, const float *s,
+                      const uint8_t *z, int64_t G, int64_t gh) {
+    float total = 0.0f;
+    for (int64_t g = 0; g < G; g++) {
+        float acc = int4_dot(row + g * gh, e + g * gh, o + g * gh, gh);
+        total += s[g] * (acc - (float)z[g] * xs[g]);
+    }
+    return total;
+}
+#endif
+
 void int4_linear(const float *xe, const float *xo, const float *xs, const uint8_t *q, const float *s, const uint8_t *z,
                  const float *b, float *y, int64_t M, int64_t N, int64_t K, int64_t group, int threads) {
     const int64_t half = K / 2, gh = group / 2, G = K / group;
 #pragma omp parallel for num_threads(threads) schedule(static)
-    for (int64_t n = 0; n < N; n++) {
-        const uint8_t *row = q + n * half;
-        for (int64_t m = 0; m < M; m++) {
-            const float *em = xe + m * half, *om = xo + m * half, *sm = xs + m * G;
-            float total = 0.0f;
-            for (int64_t g = 0; g < G; g++) {
-                float acc = int4_dot(row + g * gh, em + g * gh, om + g * gh, gh);
-                total += s[n * G + g] * (acc - (float)z[n * G + g] * sm[g]);
-            }
-            y[m * N + n] = total + (b ? b[n] : 0.0f);
-        }
-    }
+    for (int64_t n = 0; n < N; n++)
+        for (int64_t m = 0; m < M; m++)
+            y[m * N + n] = int4_row(q + n * half, xe + m * half, xo + m * half, xs + m * G, s + n * G, z + n * G, G, gh) +
+                           (b ? b[n] : 0.0f);
 }

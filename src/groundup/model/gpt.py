@@ -128,7 +128,7 @@ class GPT(nn.Module):
         """The tensors a checkpoint stores (a tied LM head is the token embedding: stored once)."""
         state = self.state_dict()
         if self.config.tie_embeddings:
-            state.pop("lm_head.weight")
+            state.pop("lm_head.weight", None)  # (absent when the head was swapped for a quantized copy)
         return state
 
     def load_weights(self, tensors: dict[str, torch.Tensor], source: str = "weights") -> None:

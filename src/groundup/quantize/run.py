@@ -22,7 +22,7 @@ from groundup.data import BatchSampler
 from groundup.errors import CheckpointError, ConfigError, GroundupError
 from groundup.model import GPT
 from groundup.quantize.gptq import BLOCK, DAMPENING
-from groundup.quantize.model import KEPT_FLOAT32, load_quantized, quantizable, quantize_model, weight_bytes
+from groundup.quantize.model import kept_float32, load_quantized, quantizable, quantize_model, weight_bytes
 from groundup.train import checkpoint as ckpt
 from groundup.train.engine import evaluate
 from groundup.train.trainer import fixed_batches, load_data
@@ -69,7 +69,7 @@ def check_arguments(run_dir: Path, out: Path, calibration: int) -> None:
 
 
 def quantize_run(run_dir, out, bits: int, group_size: int | None = None, method: str = "rtn",
-                 calibration: int = 128, seed: int = 0, device: str = "cpu", say=print) -> dict:
+                 calibration: int = 128, seed: int = 0, device: str = "cpu", head: bool = False, say=print) -> dict:
     """Quantize run `run_dir` into the new run directory `out`; returns the recipe written to its
     state.json (with sizes and validation losses)."""
     run_dir, out = Path(run_dir), Path(out)
@@ -87,15 +87,17 @@ def quantize_run(run_dir, out, bits: int, group_size: int | None = None, method:
     calib = (calibration_batches(data.train, config.model.block_size, calibration, seed, config.train.batch_size)
              if method == "gptq" else None)
     calib = [x.to(dev) for x in calib] if calib else None
-    n_linear = len(quantizable(model))
-    quantize_model(model, bits, group_size, method, calib, progress=say)
+    n_linear = len(quantizable(model, head))
+    quantize_model(model, bits, group_size, method, calib, progress=say, head=head)
     val_after = evaluate(model, val, None, dev)
     recipe = {
         **model.quantization,
         "scheme": ("int8 per output channel, symmetric" if bits == 8 else
                    "int4 group-wise along the input dimension, asymmetric (scale + integer zero point), 2 per byte"),
-        "quantized": f"every nn.Linear in the blocks ({n_linear} matrices: attention qkv and output, feed-forward up and down)",
-        "kept_float32": KEPT_FLOAT32,
+        "quantized": (f"every nn.Linear in the blocks (attention qkv and output, feed-forward up and down)"
+                      + (" and the LM head (a copy; the embedding lookups read the float32 matrix)" if head else "")
+                      + f": {n_linear} matrices"),
+        "kept_float32": kept_float32(head),
         "calibration": ({"sequences": calibration, "seed": seed, "split": "train", "block_size": config.model.block_size,
                          "dampening": DAMPENING, "act_order": False, "block": BLOCK} if method == "gptq" else None),
         "source": {"run": str(run_dir), "step": state.get("step"), "weights_sha256": state["files"][ckpt.WEIGHTS]},
@@ -109,7 +111,8 @@ def quantize_run(run_dir, out, bits: int, group_size: int | None = None, method:
     recipe["file_bytes"] = {"before": file_before, "after": file_after}
     delta = val_after - val_before
     name = f"int{bits}" + (f" g{recipe['group_size']}" if bits == 4 else "") + f" {method}"
-    say(f"quantized {run_dir} → {out} ({name}; {n_linear} linear layers, embeddings and LM head kept float32)")
+    kept = "embeddings kept float32, LM head quantized" if head else "embeddings and LM head kept float32"
+    say(f"quantized {run_dir} → {out} ({name}; {n_linear} linear layers, {kept})")
     say(f"weights file {file_before / 1e6:,.2f} MB → {file_after / 1e6:,.2f} MB ({file_before / file_after:.2f}× smaller)")
     say(f"validation loss {val_before:.4f} → {val_after:.4f} nats/token (Δ {delta:+.4f}; "
         f"perplexity × {math.exp(delta):.4f}, {100 * (math.exp(delta) - 1):+.2f}%) on {len(val)} fixed val batches")

@@ -81,7 +81,7 @@ class Inspector:
             vocab = [i for i in range(c.vocab_size) if i != self.tokenizer.eot_id]
             L = min(32, c.block_size // 2)
             repeated = heads.repeated_random_tokens(vocab, L, HEAD_PROBE_SEQUENCES, seed=0)
-            repeated = repeated.to(self.math_model.lm_head.weight.device)
+            repeated = repeated.to(self.math_model.token_embedding.weight.device)
             with self.lock, torch.inference_mode():
                 scores = heads.head_scores(self.math_model, repeated, repeated)
             self._head_kinds = {"head_scores": scores, "head_kinds": heads.classify(scores),

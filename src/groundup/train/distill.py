@@ -85,7 +85,7 @@ def freeze(teacher: torch.nn.Module) -> torch.nn.Module:
     return teacher
 
 
-def teacher_logits(teacher: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+def teacher_forward(teacher: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     """The frozen teacher's logits for a batch of inputs (no_grad, eval mode, on x's device)."""
     if teacher.training:
         teacher.eval()
@@ -108,6 +108,6 @@ def distill_loss(teacher: torch.nn.Module, temperature: float, alpha: float, rev
         logits = model(x)[0]
         if alpha == 0:
             return distillation_loss(logits, logits, y, temperature, alpha, reverse)
-        return distillation_loss(logits, teacher_logits(teacher, x), y, temperature, alpha, reverse)
+        return distillation_loss(logits, teacher_forward(teacher, x), y, temperature, alpha, reverse)
 
     return loss
