@@ -181,7 +181,9 @@ def test_quick_run_writes_results_report_and_plots(quick):
         assert variants["int4-rtn-g32"]["weight_bytes"]["mean"] < variants["int8-rtn"]["weight_bytes"]["mean"] < e["weight_bytes"]["mean"]
     assert set(agg["distill"]["students"]) == set(results["config"]["students"])
     assert agg["distill"]["students"]["scratch"]["gap_closed"]["mean"] == 0.0
-    assert set(agg["distil_quantize"]) == {"teacher", "scratch", "distilled"}
+    assert set(agg["distil_quantize"]) == {"teacher", "large", "scratch", "distilled"}
+    # the teacher's and the larger model's points are the frontier's, not measured twice
+    assert agg["distil_quantize"]["teacher"]["int4"]["val_loss"] == agg["frontier"]["bpe"]["variants"]["int4-gptq-g32"]["val_loss"]
     text = (out / "report.md").read_text()
     assert set(report.verdicts(results)) == {"int8", "int4", "gptq", "distillation", "distil-then-quantize"}
     assert torch.get_num_threads() == THREADS  # the lab's one thread is undone after the run
@@ -214,6 +216,31 @@ def test_verdicts_turn_when_the_numbers_do(quick):
     students = good["aggregate"]["distill"]["students"]
     students[f"forward-T{good['config']['dq_temperature']:g}"]["gap_closed"] = harness.summarize([0.3, 0.32, 0.31])
     assert report.verdicts(good)["distillation"].startswith("Supported")
+
+
+def _point(loss: list[float], nbytes: float) -> dict:
+    return {"val_loss": harness.summarize(loss), "weight_bytes": harness.summarize([nbytes] * len(loss))}
+
+
+def test_equal_bytes_verdict_on_hand_made_points(quick):
+    _, results = quick
+    doctored = copy.deepcopy(results)
+    dq = doctored["aggregate"]["distil_quantize"]
+    dq["large"] = {"fp32": _point([4.0] * 3, 8e6), "int8": _point([4.0] * 3, 4e6), "int4": _point([4.10, 4.11, 4.12], 2.2e6)}
+    dq["teacher"] = {"fp32": _point([4.5] * 3, 2e6), "int8": _point([4.5] * 3, 1e6), "int4": _point([4.6, 4.6, 4.6], 0.6e6)}
+    for m in ("scratch", "distilled"):
+        dq[m] = {"fp32": _point([5.0, 5.1, 5.2], 0.25e6), "int8": _point([5.0, 5.1, 5.2], 0.07e6),
+                 "int4": _point([5.1, 5.2, 5.3], 0.04e6)}
+    pairs = report.equal_bytes_pairs(doctored)
+    large = next(q for q in pairs if q["big"] == "large")
+    assert large["precision"] == "fp32" and large["ratio"] == pytest.approx(1.1) and large["matched"] and large["big_better"]
+    assert not any(q["matched"] for q in pairs if q["big"] == "teacher")  # 0.6 MB vs 0.25 MB: 2.4×, too far apart
+    assert report.verdicts(doctored)["distil-then-quantize"].startswith("Supported")
+    dq["large"]["int4"] = _point([4.6, 4.7, 4.8], 2.2e6)  # the int4 large model now worse than the fp32 teacher
+    assert report.verdicts(doctored)["distil-then-quantize"].startswith("NOT supported")
+    # by bytes: each point kept only if its loss beats every smaller point's (ties go to the first by name)
+    assert report.pareto(doctored) == [("distilled", "int4"), ("distilled", "int8"), ("teacher", "int4"),
+                                       ("teacher", "int8"), ("large", "int8")]
 
 
 def test_bad_arguments_get_one_clear_line(capsys, tmp_path):

@@ -14,6 +14,7 @@ from groundup.config import load_config
 from groundup.data import BatchSampler
 from groundup.labs import harness
 from groundup.labs.efficiency import measures, methods, report
+from groundup.quantize import calibration_batches
 from groundup.sample import SamplingSettings, generate
 from groundup.train.engine import build_engine, evaluate
 from groundup.train.loop import fit
@@ -46,11 +47,11 @@ class Settings:
     bpe_layers: int = 4
     bpe_heads: int = 4
     bpe_embd: int = 128
-    bpe_steps: int = 600
+    bpe_steps: int = 500
     large_layers: int = 4
     large_heads: int = 8
     large_embd: int = 256  # every group size (32, 64, 128) divides the widths
-    large_steps: int = 400
+    large_steps: int = 500
     # the student (the teacher is the "bpe" model)
     student_layers: int = 2
     student_heads: int = 2
@@ -141,11 +142,9 @@ class Lab:
 
     def calibration(self, config, seed: int) -> list[torch.Tensor]:
         """GPTQ's calibration: `calibration_windows` windows of the training split drawn with `seed`
-        (the only randomness in quantization), in batches of up to 32."""
-        n = self.s.calibration_windows
-        sampler = BatchSampler(self.data.train, config.model.block_size, n, seed=10_000 + seed)
-        x = torch.from_numpy(sampler.batch(0)[0]).to(self.device)
-        return list(x.split(32))
+        (the only randomness in quantization), in batches of up to 32 (as `groundup quantize` draws them)."""
+        return [x.to(self.device) for x in calibration_batches(self.data.train, config.model.block_size,
+                                                               self.s.calibration_windows, 10_000 + seed, 32)]
 
 
 def decode_tokens_per_s(model, tokens: int) -> float:
@@ -239,16 +238,24 @@ def distill_experiment(lab: Lab, seed: int, model_seed: int) -> dict:
 
 
 # ---- 3. distil, then quantize ---------------------------------------------------------------------
-def distil_quantize_experiment(lab: Lab, seed: int, model_seed: int, students: dict) -> dict:
-    """Teacher, scratch student and distilled student at fp32, int8 (RTN) and int4 (GPTQ)."""
+DQ_PRECISIONS = (("int8", 8, "rtn"), ("int4", 4, "gptq"))  # int8: RTN per channel; int4: GPTQ, dq_group_size
+
+
+def distil_quantize_experiment(lab: Lab, seed: int, students: dict, frontier: dict) -> dict:
+    """Validation loss and weight bytes at fp32, int8 and int4 of the scratch and the distilled
+    student, beside the teacher and the larger model (their points taken from the frontier)."""
     s = lab.s
-    teacher, t_config, t_loss, _ = lab.trained("bpe", model_seed)
-    models = {"teacher": (teacher, t_config), "scratch": students["scratch"],
-              "distilled": students[f"forward-T{s.dq_temperature:g}"]}
     out = {}
-    for name, (model, config) in models.items():
+    for name, model in (("teacher", "bpe"), ("large", "large")):
+        e = frontier[model]
+        points = {"fp32": {"val_loss": e["val_loss"], "weight_bytes": e["weight_bytes"]}}
+        for label, bits, method in DQ_PRECISIONS:
+            v = e["variants"][variant_name({"bits": bits, "method": method, "group_size": s.dq_group_size if bits == 4 else None})]
+            points[label] = {"val_loss": v["val_loss"], "weight_bytes": v["weight_bytes"]}
+        out[name] = points
+    for name, (model, config) in (("scratch", students["scratch"]), ("distilled", students[f"forward-T{s.dq_temperature:g}"])):
         points = {"fp32": {"val_loss": lab.plain_loss(model, config), "weight_bytes": methods.weight_bytes(model)}}
-        for label, bits, method in (("int8", 8, "rtn"), ("int4", 4, "gptq")):
+        for label, bits, method in DQ_PRECISIONS:
             calib = lab.calibration(config, seed) if method == "gptq" else None
             q, nbytes = methods.quantize(model, bits, method, s.dq_group_size, calib)
             points[label] = {"val_loss": lab.val_loss(q, config), "weight_bytes": nbytes}
@@ -258,8 +265,9 @@ def distil_quantize_experiment(lab: Lab, seed: int, model_seed: int, students: d
 
 def run_seed(lab: Lab, seed: int, model_seed: int) -> dict:
     distill, students = distill_experiment(lab, seed, model_seed)
-    return {"frontier": frontier_experiment(lab, seed, model_seed), "distill": distill,
-            "distil_quantize": distil_quantize_experiment(lab, seed, model_seed, students)}
+    frontier = frontier_experiment(lab, seed, model_seed)
+    return {"frontier": frontier, "distill": distill,
+            "distil_quantize": distil_quantize_experiment(lab, seed, students, frontier)}
 
 
 def make_results(s: Settings, seeds: list[int], per_seed: list[dict], mode: str, wall_seconds: float) -> dict:
