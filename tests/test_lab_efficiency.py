@@ -236,6 +236,8 @@ def test_equal_bytes_verdict_on_hand_made_points(quick):
     assert large["precision"] == "fp32" and large["ratio"] == pytest.approx(1.1) and large["matched"] and large["big_better"]
     assert not any(q["matched"] for q in pairs if q["big"] == "teacher")  # 0.6 MB vs 0.25 MB: 2.4×, too far apart
     assert report.verdicts(doctored)["distil-then-quantize"].startswith("Supported")
+    dq["large"]["int4"] = _point([4.2, 4.45, 4.7], 2.2e6)  # better on average, but the interval reaches 4.5
+    assert report.verdicts(doctored)["distil-then-quantize"].startswith("NOT supported")
     dq["large"]["int4"] = _point([4.6, 4.7, 4.8], 2.2e6)  # the int4 large model now worse than the fp32 teacher
     assert report.verdicts(doctored)["distil-then-quantize"].startswith("NOT supported")
     # by bytes: each point kept only if its loss beats every smaller point's (ties go to the first by name)
