@@ -15,12 +15,14 @@ run, the students once per seed), methods.py is the one place the quantizer and 
 loss are called, measures.py holds the figures of merit, report.py turns results.json into the
 verdicts, report.md and plots.
 
-The default run is sized for ≤ 20 min on 2 quiet CPU cores with 1 torch thread; estimated from
-timed short runs (steps measured at load 0.1: shipped-recipe step 0.14 s, student 0.04 s; the rest
-scaled from runs under load): models ≈ 4.5 min (600 + 400 steps), students ≈ 2.7 min per seed
-(scratch and sequence-level ≈ 10 s each, the four KL students ≈ 0.13 s a step with the teacher's
-forward pass), frontier ≈ 1.2 min per seed (16 quantizations, 5 of them GPTQ, each scored on the
-validation batches), distil-then-quantize ≈ 6 s per seed: ≈ 16–17 min in all with 3 seeds.
+The default run is sized for ≤ 20 min on 2 quiet CPU cores with 1 torch thread. Estimated, not
+measured end to end: training steps timed at load 0.1 (shipped recipe 0.14 s/step, student
+0.04 s/step), the rest timed under load and scaled by the student step's slow-down (≈ 3×):
+the two models ≈ 5 min (500 steps each; the 4×256 model ≈ 0.45 s/step by its FLOPs), students
+≈ 2.7 min per seed (the four KL students ≈ 0.13 s/step with the teacher's forward pass;
+scratch and sequence-level ≈ 10 s each plus ≈ 12 s of teacher sampling), the frontier ≈ 1.2 min
+per seed (16 quantizations, 10 of them GPTQ, each scored on the validation batches): ≈ 17 min
+with 3 seeds, give or take 3. Over budget: --large-steps / --student-steps lower it.
 
     groundup lab efficiency                  # 3 seeds
     groundup lab efficiency --quick          # 1 seed, tiny models
