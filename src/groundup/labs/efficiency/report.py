@@ -43,8 +43,8 @@ def verdicts(results: dict) -> dict[str, str]:
     out = {}
 
     worst8 = max(upper(_variants(results, m)[v]["delta_loss"]) for m in fr for v in ("int8-rtn", "int8-gptq"))
-    parts = "; ".join(f"{MODELS[m]} RTN {short(_variants(results, m)['int8-rtn']['delta_loss'], '+.4f')}, "
-                      f"GPTQ {short(_variants(results, m)['int8-gptq']['delta_loss'], '+.4f')}" for m in fr)
+    parts = "; ".join(f"{MODELS[m]} RTN {short(_variants(results, m)['int8-rtn']['delta_loss'], '.4f', True)}, "
+                      f"GPTQ {short(_variants(results, m)['int8-gptq']['delta_loss'], '.4f', True)}" for m in fr)
     out["int8"] = (f"{'Supported' if worst8 <= INT8_NEAR_LOSSLESS else 'NOT supported'}: int8 weight-only (per output "
                    f"channel) changes validation loss by {parts} nats/token (upper end of the {_on(n)} at most "
                    f"{worst8:+.4f}; threshold +{INT8_NEAR_LOSSLESS} nats = +1% perplexity) — the direction of {LLAMA_CPP} "
@@ -70,7 +70,7 @@ def verdicts(results: dict) -> dict[str, str]:
             r, q = V[f"int4-rtn-g{g}"]["delta_loss"], V[f"int4-gptq-g{g}"]["delta_loss"]
             total += 1
             wins += upper(q) < r["mean"]
-            lines.append(f"{MODELS[m]} g{g}: RTN {r['mean']:+.3f}, GPTQ {short(q, '+.3f')}")
+            lines.append(f"{MODELS[m]} g{g}: RTN {r['mean']:+.4f}, GPTQ {short(q, '.4f', True)}")
     gptq_ok = wins == total
     out["gptq"] = (f"{'Supported' if gptq_ok else 'Only partly supported' if wins else 'NOT supported'}: GPTQ's error "
                    f"compensation lowers the int4 loss increase below RTN's in {wins} of {total} (model, group size) "
@@ -217,7 +217,7 @@ def report(results: dict) -> str:
                  short(e["decode_tokens_per_s"], ".0f")]]
         for name in cfg["variants"]:
             x = e["variants"][name]
-            rows.append([name, short(x["delta_loss"], "+.4f"), short(x["relative_ppl"], ".4f"), short(x["val_loss"], ".4f"),
+            rows.append([name, short(x["delta_loss"], ".4f", True), short(x["relative_ppl"], ".4f"), short(x["val_loss"], ".4f"),
                          human_bytes(x["weight_bytes"]["mean"]), short(x["decode_tokens_per_s"], ".0f")])
         lines += [f"**{MODELS[m]}** ({e['n_params']['mean']:,.0f} parameters):", "",
                   table(["weights", "Δ loss (nats/token)", "perplexity ratio", "val loss", "weight bytes", "decode tokens/s"], rows), ""]
@@ -280,7 +280,9 @@ def _speed_note(impl: dict) -> str:
         return ("the lab's stand-in quantizer stores dequantized fp32 weights, so its tokens/s equal fp32's within "
                 "noise; the speed of packed int8/int4 matmuls is measured by benchmarks/quantize.py once `groundup "
                 "quantize` lands.")
-    return "measured on the quantized model as the quantizer returns it (its low-bit matmuls), batch 1, greedy."
+    return ("batch-1 greedy decoding with the KV cache, the fastest of 3 runs, on the model as the quantizer returns "
+            "it (its low-bit matmuls read the codes); the fp32 row is the model with the project's fused CPU kernels, "
+            "as `groundup sample` runs it. benchmarks/quantize.py measures the same at GPT-2-small shape.")
 
 
 def _err(summaries: list[dict]) -> list[list[float]]:
