@@ -365,3 +365,32 @@ def test_quantize_head_writes_and_loads_a_quantized_copy_of_the_head(run_dir, tm
 
     _, logits = Inspector(model, load_run(out, "cpu")[1]).attention_and_logits([1, 2, 3])
     torch.testing.assert_close(logits, model(torch.tensor([[1, 2, 3]]))[0][0], rtol=1e-5, atol=1e-5)
+
+
+def test_serve_answers_from_a_quantized_run(int4_run):
+    """`groundup serve` on a quantized run: three requests decoded together (one batched forward per
+    step through the QuantizedLinears) give the tokens each gives alone."""
+    try:
+        import httpx
+    except ImportError:  # (as tests/test_serve.py)
+        import httpx2 as httpx
+
+    from concurrent.futures import ThreadPoolExecutor
+
+    from groundup.sample import prompt_ids
+    from groundup.serve import ServerThread, build_app
+
+    app = build_app(int4_run, device="cpu", max_batch=4)
+    model, tokenizer, _ = load_run(int4_run, "cpu")
+    prompts = ["To be", "O", "What "]
+    with ServerThread(app) as url:
+        with httpx.Client(base_url=url, timeout=60) as client:
+            def ask(p):
+                body = {"model": int4_run.name, "prompt": p, "max_tokens": 6, "temperature": 0}
+                return client.post("/v1/completions", json=body).json()["choices"][0]["text"]
+
+            with ThreadPoolExecutor(len(prompts)) as pool:  # at once: decoded in one batch
+                texts = list(pool.map(ask, prompts))
+    for p, text in zip(prompts, texts):
+        alone = list(generate(model, prompt_ids(tokenizer, p), SamplingSettings(6, 0.0)))
+        assert text == tokenizer.decode(alone)
