@@ -226,6 +226,7 @@ LABS = {
     "attention-cost": ("groundup.labs.attention_cost", "time and memory of attention against sequence length"),
     "geometry": ("groundup.labs.geometry", "sinusoidal positions as rotations, attention head kinds, embedding neighbours"),
     "moe": ("groundup.labs.moe", "mixture of experts: same-compute loss, balance, specialisation, k and E, cost"),
+    "efficiency": ("groundup.labs.efficiency", "quantization frontier, distillation gap closed, distil then quantize"),
 }
 
 

@@ -23,6 +23,7 @@ LABS = {
     "attention-cost": ("groundup.labs.attention_cost", "attention-cost.md"),
     "geometry": ("groundup.labs.geometry.report", "geometry.md"),
     "moe": ("groundup.labs.moe.report", "moe.md"),
+    "efficiency": ("groundup.labs.efficiency.report", "efficiency.md"),
 }
 DOCS = Path("docs/labs")
 

@@ -218,6 +218,26 @@ def add_arguments(parser, default_seeds: int, default_out: str) -> None:
                         help="regenerate report.md and the plots from this results.json into --out, without running")
 
 
+def positive_options(args, names) -> dict:
+    """{name: value} of the integer options given on the command line (None = not given), each ≥ 1."""
+    out = {}
+    for name in names:
+        value = getattr(args, name)
+        if value is not None:
+            if value < 1:
+                raise GroundupError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+            out[name] = value
+    return out
+
+
+def print_verdicts(verdicts: dict[str, str], out, wall_seconds: float) -> None:
+    """What a lab prints when its run ends: each verdict, then where the outputs went."""
+    print()
+    for claim, sentence in verdicts.items():
+        print(f"[{claim}] {sentence}")
+    print(f"\nwrote {out}/results.json, report.md and the plots in {wall_seconds:.0f} s")
+
+
 def report_from(lab_module, lab: str, args, default_out: str) -> int:
     """`--report-from PATH --out DIR`: the report and plots from a results file, nothing trained."""
     results = load_results(args.report_from, lab)
