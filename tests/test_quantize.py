@@ -12,6 +12,8 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 from groundup.cli import main
+from groundup.config import load_config
+from groundup.engines.torch.kernels import use_kernels
 from groundup.errors import CheckpointError, ConfigError, GroundupError
 from groundup.model import GPT
 from groundup.quantize import (QuantizedLinear, hessian, load_model, pack_int4, quantize_gptq, quantize_int4, quantize_int8,
@@ -394,3 +396,21 @@ def test_serve_answers_from_a_quantized_run(int4_run):
     for p, text in zip(prompts, texts):
         alone = list(generate(model, prompt_ids(tokenizer, p), SamplingSettings(6, 0.0)))
         assert text == tokenizer.decode(alone)
+
+
+def test_gptq_on_a_model_with_the_fused_kernels_equals_gptq_on_the_plain_model():
+    """A model from a training engine has groundup's fused CPU kernels swapped in; its fused attention and
+    feed-forward read the qkv / up weights past nn.Linear's forward, where GPTQ's input hooks sit.
+    quantize_model re-classes them as plain modules first (without_kernels), so the Hessians are the same."""
+    torch.manual_seed(0)
+    config = load_config(None, ["vocab_size=50", "n_layer=1", "n_embd=128", "n_head=4", "block_size=64"]).model
+    plain = GPT(config).eval()
+    fused = use_kernels(GPT(config).eval())
+    fused.load_weights(plain.weights())
+    x = torch.randint(0, 50, (4, 64), generator=torch.Generator().manual_seed(3))
+    quantize_model(plain, 4, 32, "gptq", [x])
+    quantize_model(fused, 4, 32, "gptq", [x])
+    for (name, a), (_, b) in zip(plain.named_buffers(), fused.named_buffers()):
+        assert torch.equal(a, b), name
+    with torch.no_grad():
+        torch.testing.assert_close(fused(x)[0], plain(x)[0])

@@ -6,7 +6,10 @@ import pytest
 import torch
 
 from groundup.errors import GroundupError
-from groundup.sample import SamplingSettings, encode_prompt, generate, load_run, next_token_distribution, sample_text
+from groundup.config import ModelConfig
+from groundup.model import GPT
+from groundup.sample import (SamplingSettings, encode_prompt, generate, generate_batch, load_run, next_token_distribution,
+                             sample_text)
 from groundup.train.trainer import train
 
 from conftest import assert_clean_error, run_cli
@@ -101,3 +104,22 @@ def test_cli_sample_streams_and_rejects_bad_settings(run_dir):
     assert_clean_error(run_cli("sample", "--run", str(run_dir), "--prompt", "ROMEO: €"), "not in this character-level vocabulary")
     empty = run_cli("sample", "--run", str(run_dir), "--prompt", "", "--max-new-tokens", "10")
     assert empty.returncode == 0
+
+
+@pytest.mark.parametrize("positional", ["learned", "rope"])
+def test_generate_batch_equals_generate_row_by_row(positional):
+    """Batched sampling (one forward per token for all rows, KV cache) continues each prompt exactly
+    as `generate` does alone: greedy, every row of a batch; sampled, a batch of one with the same seed."""
+    torch.manual_seed(0)
+    model = GPT(ModelConfig(vocab_size=40, block_size=16, n_layer=2, n_head=2, n_embd=16, positional=positional)).double()
+    prompts = torch.randint(0, 40, (3, 4), generator=torch.Generator().manual_seed(1))
+    greedy = generate_batch(model, prompts, 12, seed=0, temperature=0)
+    assert greedy.shape == (3, 12) and torch.equal(greedy[:, :4], prompts)
+    for row in range(3):
+        alone = list(generate(model, prompts[row].tolist(), SamplingSettings(max_new_tokens=8, temperature=0)))
+        assert greedy[row, 4:].tolist() == alone
+        sampled = generate_batch(model, prompts[row : row + 1], 12, seed=row, temperature=2.0)
+        alone = list(generate(model, prompts[row].tolist(), SamplingSettings(max_new_tokens=8, temperature=2.0, seed=row)))
+        assert sampled[0, 4:].tolist() == alone
+    with pytest.raises(GroundupError, match="context window"):
+        generate_batch(model, prompts, 17, seed=0)

@@ -112,6 +112,39 @@ def generate(model: GPT, prompt_ids: list[int], settings: SamplingSettings, use_
             logits = _prefill(model, context, cache, device)
 
 
+@torch.inference_mode()
+def generate_batch(model: GPT, prompts: torch.Tensor, length: int, seed: int, temperature: float = 1.0) -> torch.Tensor:
+    """Continue every row of `prompts` (n, P) to `length` tokens at once, each new token drawn from
+    softmax(logits / temperature) (argmax at 0) by one seeded CPU generator: one batched forward per
+    token through the KV cache. The whole sequence must fit the context window (no sliding, unlike
+    `generate`). Returns (n, length) token ids, prompts included. For bulk sampling (a teacher's
+    samples for sequence-level distillation) where streaming one sequence at a time is too slow."""
+    prompts = torch.as_tensor(prompts, dtype=torch.long)
+    if prompts.ndim != 2 or prompts.shape[1] < 1:
+        raise GroundupError(f"generate_batch takes prompts of shape (n, P) with P ≥ 1, got {tuple(prompts.shape)}")
+    if not prompts.shape[1] <= length <= model.config.block_size:
+        raise GroundupError(f"generate_batch: length {length} must be between the prompt length {prompts.shape[1]} "
+                            f"and the context window {model.config.block_size}")
+    if not temperature >= 0:
+        raise GroundupError(f"temperature must be ≥ 0 (0 = greedy), got {temperature}")
+    model.eval()
+    device = model.token_embedding.weight.device
+    generator = seeded_generator(seed)
+    out = prompts.to(device)
+    cache = model.new_cache(out.shape[0])
+    logits = model(out, cache=cache, start=0)[0][:, -1]
+    while out.shape[1] < length:
+        if temperature == 0:
+            token = logits.argmax(dim=-1, keepdim=True)
+        else:
+            probs = torch.softmax(logits.float().cpu() / temperature, dim=-1)
+            token = torch.multinomial(probs, 1, generator=generator).to(device)
+        out = torch.cat([out, token], dim=1)
+        if out.shape[1] < length:
+            logits = model(token, cache=cache, start=out.shape[1] - 1)[0][:, -1]
+    return out.cpu()
+
+
 def store_for_decoding(model: GPT) -> GPT:
     """Lay every matrix the model multiplies by out column by column in memory: same shape, same
     values, only the strides change (the (in, out) order of GPT-2's original Conv1D). A decoding

@@ -23,6 +23,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from groundup.engines.torch.kernels import without_kernels
 from groundup.errors import CheckpointError, ConfigError
 from groundup.quantize.formats import BITS, GROUP_SIZES, INT4_LEVELS, INT8_MAX, quantize_rtn
 from groundup.quantize.gptq import DAMPENING, hessian, quantize_gptq
@@ -83,6 +84,7 @@ def quantize_model(model: nn.Module, bits: int, group_size: int | None = None, m
     iterable of token-id batches (B, T), or (x, y) pairs whose x is used. `progress(message)` is
     called once per block. `head`: quantize the LM head too (a copy, if tied)."""
     group_size = check_settings(model, bits, group_size, method, head)
+    without_kernels(model)  # a fused attention / feed-forward reads its weights past the Linear hooks GPTQ needs
     model.eval()
     if method == "rtn":
         for name, linear in quantizable(model, head).items():

@@ -91,3 +91,15 @@ def use_kernels(model: nn.Module) -> nn.Module:
         if fused is not None:
             module.__class__ = fused  # the same object, now with the fused forward
     return model
+
+
+def without_kernels(model: nn.Module) -> nn.Module:
+    """The inverse of use_kernels: every fused module re-classed in place as its plain twin (same
+    objects, parameters and names); returns `model`. For code that must see each nn.Linear's own
+    forward — e.g. GPTQ's input hooks, which a fused attention or feed-forward would bypass."""
+    plain = {fused: base for base, fused in FUSED.items()}
+    for module in model.modules():
+        base = plain.get(type(module))
+        if base is not None:
+            module.__class__ = base
+    return model

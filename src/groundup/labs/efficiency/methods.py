@@ -11,22 +11,22 @@
         groundup.train.distill.distill_loss (Hinton et al. 2015):
         α·T²·KL(p_teacher^T ‖ p_student^T) + (1 − α)·CE  (reverse: KL(p_student^T ‖ p_teacher^T)).
     teacher_samples(teacher, prompts, length, seed) → windows the teacher wrote (sequence level,
-        Kim & Rush 2016), sampled at temperature 1 for a whole batch of prompts at once with the KV
-        cache. (`groundup distill --sequence-level` draws its samples one sequence at a time with
-        groundup.sample.generate; groundup.distill sits beside labs, so the lab cannot import it, and
-        batch-1 sampling would take most of the lab's time budget.)
+        Kim & Rush 2016), sampled at temperature 1 for a whole batch of corpus prompts at once
+        (groundup.sample.generate_batch). `groundup distill --sequence-level` draws its samples one
+        sequence at a time from <|endoftext|> with groundup.sample.generate instead: batch-1
+        sampling would take most of the lab's time budget.
 """
 
 from __future__ import annotations
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from groundup.model import GPT
 from groundup.quantize import quantize_model, weight_bytes
 from groundup.quantize.model import quantizable
+from groundup.sample import generate_batch
 from groundup.train.distill import distill_loss
 
 IMPLEMENTATION = {"quantize": "groundup.quantize.quantize_model (QuantizedLinear: torch's int8/int4 CPU kernels)",
@@ -66,18 +66,7 @@ def distillation_loss(teacher: nn.Module, kind: str = "forward", temperature: fl
     return distill_loss(teacher, temperature, alpha, reverse=kind == "reverse")
 
 
-@torch.no_grad()
 def teacher_samples(teacher: nn.Module, prompts: np.ndarray, length: int, seed: int) -> np.ndarray:
-    """Each prompt (n, P) continued by the teacher to `length` tokens, each token drawn from
-    softmax(logits) (temperature 1). Returns (n, length) int64."""
-    teacher.eval()
-    generator = torch.Generator().manual_seed(seed)
-    out = torch.as_tensor(prompts, dtype=torch.long)
-    cache = teacher.new_cache(out.shape[0])
-    logits = teacher(out, cache=cache, start=0)[0][:, -1]
-    while out.shape[1] < length:
-        token = torch.multinomial(F.softmax(logits.float(), dim=-1), 1, generator=generator)
-        out = torch.cat([out, token], dim=1)
-        if out.shape[1] < length:
-            logits = teacher(token, cache=cache, start=out.shape[1] - 1)[0][:, -1]
-    return out.numpy()
+    """Each prompt (n, P) continued by the teacher to `length` tokens at temperature 1, the whole
+    batch at once (groundup.sample.generate_batch). Returns (n, length) int64."""
+    return generate_batch(teacher, torch.as_tensor(prompts), length, seed, temperature=1.0).numpy()
