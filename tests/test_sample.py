@@ -121,5 +121,6 @@ def test_generate_batch_equals_generate_row_by_row(positional):
         sampled = generate_batch(model, prompts[row : row + 1], 12, seed=row, temperature=2.0)
         alone = list(generate(model, prompts[row].tolist(), SamplingSettings(max_new_tokens=8, temperature=2.0, seed=row)))
         assert sampled[0, 4:].tolist() == alone
+    assert generate_batch(model, prompts, 17, seed=0).shape == (3, 17)  # the 17th token needs no forward pass
     with pytest.raises(GroundupError, match="context window"):
-        generate_batch(model, prompts, 17, seed=0)
+        generate_batch(model, prompts, 18, seed=0)

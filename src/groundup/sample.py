@@ -116,15 +116,15 @@ def generate(model: GPT, prompt_ids: list[int], settings: SamplingSettings, use_
 def generate_batch(model: GPT, prompts: torch.Tensor, length: int, seed: int, temperature: float = 1.0) -> torch.Tensor:
     """Continue every row of `prompts` (n, P) to `length` tokens at once, each new token drawn from
     softmax(logits / temperature) (argmax at 0) by one seeded CPU generator: one batched forward per
-    token through the KV cache. The whole sequence must fit the context window (no sliding, unlike
-    `generate`). Returns (n, length) token ids, prompts included. For bulk sampling (a teacher's
+    token through the KV cache. Every token but the last must fit the context window, length ≤
+    block_size + 1 (the last token needs no forward pass; no sliding, unlike `generate`). Returns (n, length) token ids, prompts included. For bulk sampling (a teacher's
     samples for sequence-level distillation) where streaming one sequence at a time is too slow."""
     prompts = torch.as_tensor(prompts, dtype=torch.long)
     if prompts.ndim != 2 or prompts.shape[1] < 1:
         raise GroundupError(f"generate_batch takes prompts of shape (n, P) with P ≥ 1, got {tuple(prompts.shape)}")
-    if not prompts.shape[1] <= length <= model.config.block_size:
+    if not prompts.shape[1] <= length <= model.config.block_size + 1:
         raise GroundupError(f"generate_batch: length {length} must be between the prompt length {prompts.shape[1]} "
-                            f"and the context window {model.config.block_size}")
+                            f"and the context window + 1 ({model.config.block_size} + 1)")
     if not temperature >= 0:
         raise GroundupError(f"temperature must be ≥ 0 (0 = greedy), got {temperature}")
     model.eval()
