@@ -441,21 +441,12 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     if args.report_from:
         return harness.report_from(report, LAB, args, DEFAULT_OUT)
-    changes = {"device": args.device}
-    for name in ("steps", "mixed_steps", "threads"):
-        value = getattr(args, name)
-        if value is not None:
-            if value < 1:
-                raise GroundupError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
-            changes[name] = value
+    changes = {"device": args.device, **harness.positive_options(args, ("steps", "mixed_steps", "threads"))}
     if "steps" in changes:
         changes["equal_total_steps"] = changes["steps"]
     settings = Settings.quick(**changes) if args.quick else Settings(**changes)
     seeds = harness.seed_list(args.seed, args.seeds or (1 if args.quick else DEFAULT_SEEDS))
     out = args.out or DEFAULT_OUT
     results = run_lab(settings, seeds, out, mode="quick" if args.quick else "default")
-    print()
-    for claim, sentence in report.verdicts(results).items():
-        print(f"[{claim}] {sentence}")
-    print(f"\nwrote {out}/results.json, report.md and the plots in {results['wall_seconds']:.0f} s")
+    harness.print_verdicts(report.verdicts(results), out, results["wall_seconds"])
     return 0
