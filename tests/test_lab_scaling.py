@@ -169,17 +169,23 @@ def test_alpha_and_beta_are_identifiable_on_the_default_grid_at_the_measured_noi
     assert check["failed_fits"] == 0 and check["max_alpha_error"] <= 0.05 and check["max_beta_error"] <= 0.05
 
 
-def test_total_n_convention_on_the_default_grid_recovers_beta_and_alpha_only_where_n_spans_enough():
-    """Total N (Chinchilla's convention) spans fewer decades than non-embedding N on these tiny
-    models (embeddings dominate the small ones), so α is harder to pin down: within ±0.05 for
-    SMALL_LAW; for MEASURED_LAW's flat N term it is marginal (worst draw ≈ 0.06), which is why the
-    lab runs this check on its own fit and withholds α, β when it fails."""
+def test_total_n_convention_on_the_default_grid_recovers_beta_but_alpha_only_marginally():
+    """Total N (Chinchilla's convention) spans two decades on these tiny models (embeddings dominate the
+    small ones) against three for non-embedding N, so α is harder to pin down. At the noise the
+    committed default run measured (0.066 nats pooled), β comes back within ±0.05 for both synthetic
+    laws but α does not (worst draws ≈ 0.08 and ≈ 0.17): total-N α is identifiable on this grid only
+    for some laws, which is why the lab runs the check on its own fit and withholds α and β when it
+    fails. (The check's verdict is exactly 'both errors within the tolerance'.)"""
     sizes = scaling.grid_sizes(scaling.parse_grid(scaling.DEFAULT_GRID))
     N, D = (np.array([s[k] for s in sizes], dtype=float) for k in ("N_total", "D"))
-    check = fits.recovery_check(SMALL_LAW, N, D, scaling.DEFAULT_SEEDS, _measured_noise(), n_draws=5, seed=1)
-    assert check["identifiable"], check
-    flat = fits.recovery_check(MEASURED_LAW, N, D, scaling.DEFAULT_SEEDS, _measured_noise(), n_draws=5, seed=1)
-    assert flat["max_beta_error"] <= 0.05 and flat["max_alpha_error"] <= 0.1, flat
+    assert math.log10(N.max() / N.min()) < 2.05
+    for law in (SMALL_LAW, MEASURED_LAW):
+        check = fits.recovery_check(law, N, D, scaling.DEFAULT_SEEDS, _measured_noise(), n_draws=5, seed=1)
+        assert check["max_beta_error"] <= 0.05, check
+        assert check["identifiable"] == (check["max_alpha_error"] <= 0.05 and check["max_beta_error"] <= 0.05)
+    # with a quarter of the noise the same grid does give total-N α back: the grid is not blind to it
+    quiet = fits.recovery_check(SMALL_LAW, N, D, scaling.DEFAULT_SEEDS, _measured_noise() / 4, n_draws=5, seed=1)
+    assert quiet["identifiable"], quiet
 
 
 def test_the_identifiability_check_fails_where_the_grid_cannot_tell():
@@ -316,3 +322,19 @@ def test_the_default_grid_spans_two_decades_of_data_within_one_epoch_of_python_s
     assert math.log10(max(D) / min(D)) >= 2.0 and math.log10(max(N) / min(N)) >= 2.0
     assert "corpus=python-stdlib" in scaling.BASE_OVERRIDES and scaling.DEFAULT_SEEDS >= 3
     assert max(D) <= PYTHON_STDLIB_TRAIN_TOKENS  # no silent repetition
+
+
+def test_the_forecast_verdict_turns_with_the_held_out_errors():
+    """The extrapolation verdict says 'extrapolates' only when every held-out point is within 2 seed sds,
+    and names the side and size of the miss otherwise (hand-made errors)."""
+    def analysis(within, mean_error):
+        law = {"rms_error": abs(mean_error), "mean_error": mean_error, "n": 5, "seed_sd": 0.02,
+               "ratio": abs(mean_error) / 0.02, "within_2sd": within}
+        return {"extrapolation": {"held_out": ["a"] * 5, "cut_C": 1e12, "n_fit": 25, "laws": {"surface_kaplan": law}}}
+
+    good = "\n".join(scaling.extrapolation_lines(analysis(5, 0.01)))
+    bad = "\n".join(scaling.extrapolation_lines(analysis(0, 0.6)))
+    low = "\n".join(scaling.extrapolation_lines(analysis(2, -0.1)))
+    assert "it extrapolates" in good and "does not extrapolate" not in good
+    assert "does not extrapolate" in bad and "0.600 nats above" in bad and "30.0×" in bad
+    assert "does not extrapolate" in low and "0.100 nats below" in low

@@ -637,6 +637,15 @@ def convention_lines(a: dict) -> list[str]:
             law = (f"E = {_fmt_ci(f['E'])}; α and β **not identifiable on this grid**, so they are not quoted "
                    f"(nor A, B, which trade off against them)")
         lines.append(f"- {head} L(N, D) = E + A/N^α + B/D^β: {law}. The {check}.")
+        if ident["identifiable"]:
+            widths = {k: (f[k]["ci95"][1] - f[k]["ci95"][0]) / 2 for k in ("alpha", "beta")}
+            wide = [k for k, w in widths.items() if not w <= ident["tolerance"]]
+            if wide:
+                lines.append(f"  Yet the bootstrap interval of {' and '.join('α' if k == 'alpha' else 'β' for k in wide)} "
+                             f"is wider than ±{ident['tolerance']} (half-widths α {widths['alpha']:.3f}, β {widths['beta']:.3f}): "
+                             "had the losses followed this law, this grid at this noise would have pinned the exponents "
+                             "down, so the width comes from the measured losses departing from the law's shape, not from "
+                             "seed noise (the extrapolation below tests the shape directly).")
         o = c["compute_optimal"]
         tpp = o["tokens_per_param"]
         if ident["identifiable"]:
@@ -699,6 +708,19 @@ def extrapolation_lines(a: dict) -> list[str]:
         lines.append(f"- {label}: RMS error {r['rms_error']:.4f} nats (mean {r['mean_error']:+.4f}) over {r['n']} points; {spread}.")
     if len(lines) == 1:
         lines.append("- Too few points below the cut to fit anything: no extrapolation.")
+    for key, label in names.items():
+        r = e["laws"].get(key)
+        if r and r["seed_sd"]:
+            held = r["within_2sd"] == r["n"]
+            side = "above" if r["mean_error"] > 0 else "below"
+            lines.append(f"- Verdict on {label} as a forecast: "
+                         + ("it extrapolates: every held-out loss lies within 2 seed sds of its prediction."
+                            if held else
+                            f"it does not extrapolate to within the seed noise: its predictions lie on average "
+                            f"{abs(r['mean_error']):.3f} nats {side} the measured losses, {r['ratio']:.1f}× the seed spread "
+                            f"({r['within_2sd']} of {r['n']} within 2 sds). A law that describes the lower decades is "
+                            "then a description, not a forecast, of the next one.")
+                         + " Refuted (as a forecast) by any held-out point beyond 2 seed sds.")
     return lines
 
 
