@@ -157,18 +157,21 @@ def test_default_teacher_has_at_least_8x_the_students_parameters():
 
 
 # ---- the quick run, end to end ------------------------------------------------------------------------
-THREADS = torch.get_num_threads()
-
-
 @pytest.fixture(scope="module")
 def quick(tmp_path_factory):
     out = tmp_path_factory.mktemp("efficiency")
-    assert main(["lab", "efficiency", "--quick", "--out", str(out)]) == 0
-    return out, json.loads((out / "results.json").read_text())
+    threads = torch.get_num_threads()  # the caller's setting just before the run (earlier tests may change it)
+    torch.set_num_threads(3)  # not the lab's 1, so a lab that forgot to restore it shows
+    try:
+        assert main(["lab", "efficiency", "--quick", "--out", str(out)]) == 0
+        after = torch.get_num_threads()
+    finally:
+        torch.set_num_threads(threads)
+    return out, json.loads((out / "results.json").read_text()), after
 
 
 def test_quick_run_writes_results_report_and_plots(quick):
-    out, results = quick
+    out, results, threads_after = quick
     assert results["lab"] == "efficiency" and results["mode"] == "quick" and results["schema"] == harness.SCHEMA
     agg = results["aggregate"]
     for model in ("bpe", "large"):
@@ -186,13 +189,13 @@ def test_quick_run_writes_results_report_and_plots(quick):
     assert agg["distil_quantize"]["teacher"]["int4"]["val_loss"] == agg["frontier"]["bpe"]["variants"]["int4-gptq-g32"]["val_loss"]
     text = (out / "report.md").read_text()
     assert set(report.verdicts(results)) == {"int8", "int4", "gptq", "distillation", "distil-then-quantize"}
-    assert torch.get_num_threads() == THREADS  # the lab's one thread is undone after the run
+    assert threads_after == 3  # the lab's one thread is undone after the run
     for name in report.PLOTS.values():
         assert (out / name).stat().st_size > 0 and name in text
 
 
 def test_report_regenerates_from_results_alone(quick, tmp_path):
-    out, _ = quick
+    out, _, _ = quick
     assert main(["lab", "efficiency", "--report-from", str(out / "results.json"), "--out", str(tmp_path)]) == 0
     assert (tmp_path / "report.md").read_text() == (out / "report.md").read_text()
     results_dir = tmp_path / "results"
@@ -204,7 +207,7 @@ def test_report_regenerates_from_results_alone(quick, tmp_path):
 
 def test_verdicts_turn_when_the_numbers_do(quick):
     """Each verdict can fail: doctored results flip it to NOT supported."""
-    _, results = quick
+    _, results, _ = quick
     bad = copy.deepcopy(results)
     for m in bad["aggregate"]["frontier"].values():
         m["variants"]["int8-rtn"]["delta_loss"] = harness.summarize([0.5, 0.6, 0.7])
@@ -223,7 +226,7 @@ def _point(loss: list[float], nbytes: float) -> dict:
 
 
 def test_equal_bytes_verdict_on_hand_made_points(quick):
-    _, results = quick
+    _, results, _ = quick
     doctored = copy.deepcopy(results)
     dq = doctored["aggregate"]["distil_quantize"]
     dq["large"] = {"fp32": _point([4.0] * 3, 8e6), "int8": _point([4.0] * 3, 4e6), "int4": _point([4.10, 4.11, 4.12], 2.2e6)}
