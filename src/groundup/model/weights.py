@@ -11,18 +11,23 @@ import torch
 from groundup.errors import CheckpointError
 
 
+def check_names(tensors: dict[str, torch.Tensor], expected: dict[str, torch.Tensor], source: str, mismatch: str) -> None:
+    """Every expected tensor name present and nothing extra; CheckpointError names the first one
+    wrong and ends with `mismatch` (what the file fails to match)."""
+    missing = [k for k in expected if k not in tensors]
+    if missing:
+        raise CheckpointError(f"{source}: tensor {missing[0]!r} is missing ({len(missing)} missing in all); {mismatch}")
+    extra = [k for k in tensors if k not in expected]
+    if extra:
+        raise CheckpointError(f"{source}: unexpected tensor {extra[0]!r}; {mismatch}")
+
+
 def check_weights(weights: dict[str, torch.Tensor], expected: dict[str, torch.Tensor], source: str,
                   dtype: torch.dtype | None = None) -> None:
     """Validate tensors before use: every expected name present, nothing extra, each with the
     config's shape, one floating-point dtype throughout (`dtype` if given), finite values.
     A mismatch raises CheckpointError naming the tensor."""
-    missing = [k for k in expected if k not in weights]
-    if missing:
-        raise CheckpointError(f"{source}: tensor {missing[0]!r} is missing ({len(missing)} missing in all); "
-                              "the checkpoint does not match its config")
-    extra = [k for k in weights if k not in expected]
-    if extra:
-        raise CheckpointError(f"{source}: unexpected tensor {extra[0]!r}; the checkpoint does not match its config")
+    check_names(weights, expected, source, "the checkpoint does not match its config")
     first_dtype = None
     for name, ref in expected.items():
         t = weights[name]

@@ -25,6 +25,7 @@ from torch import nn
 
 from groundup.engines.torch.kernels import without_kernels
 from groundup.errors import CheckpointError, ConfigError
+from groundup.model.weights import check_names
 from groundup.quantize.formats import BITS, GROUP_SIZES, INT4_LEVELS, INT8_MAX, quantize_rtn
 from groundup.quantize.gptq import DAMPENING, hessian, quantize_gptq
 from groundup.quantize.linear import QuantizedLinear
@@ -196,13 +197,7 @@ def check_quantized_weights(tensors: dict[str, torch.Tensor], expected: dict[str
     """Every expected tensor present, nothing extra, each with its exact shape and dtype; codes and
     zero points in range; scales positive and finite; float tensors finite. CheckpointError names
     the first tensor that is wrong."""
-    missing = [k for k in expected if k not in tensors]
-    if missing:
-        raise CheckpointError(f"{source}: tensor {missing[0]!r} is missing ({len(missing)} missing in all); "
-                              "the quantized weights do not match their recipe and config")
-    extra = [k for k in tensors if k not in expected]
-    if extra:
-        raise CheckpointError(f"{source}: unexpected tensor {extra[0]!r}; the quantized weights do not match their recipe and config")
+    check_names(tensors, expected, source, "the quantized weights do not match their recipe and config")
     for name, ref in expected.items():
         t = tensors[name]
         if tuple(t.shape) != tuple(ref.shape) or t.dtype != ref.dtype:
