@@ -97,31 +97,27 @@ def cmd_data_prepare(args) -> int:
 
 
 # ---- train ----------------------------------------------------------------------------------
+def _overrides(args, *names: str) -> list[str]:
+    """--set NAME=VALUE overrides, then each named shortcut option given (--max-steps 300 → max_steps=300)."""
+    return list(args.set or []) + [f"{name}={getattr(args, name)}" for name in names if getattr(args, name) is not None]
+
+
 def cmd_train(args) -> int:
     from groundup.config import load_config
     from groundup.train.checkpoint import read_run_config
     from groundup.train.guards import parse_faults
     from groundup.train.trainer import train
 
-    overrides = list(args.set or [])
-    if args.max_steps is not None:
-        overrides.append(f"max_steps={args.max_steps}")
-    if args.time_budget is not None:
-        overrides.append(f"time_budget={args.time_budget}")
-    if args.engine is not None:
-        overrides.append(f"engine={args.engine}")
+    overrides = _overrides(args, "max_steps", "time_budget", "engine", "device")
     if args.compile:
         overrides.append("compile=true")
-    if args.device is not None:
-        overrides.append(f"device={args.device}")
     faults = parse_faults(args.inject)
     if args.resume:
         if args.config:
             raise GroundupError("--resume continues a run with its own config.json; drop --config (use --set to change train settings)")
-        from groundup.config import parse_override
-
         from pathlib import Path
 
+        from groundup.config import parse_override
         from groundup.distill import RECIPE
 
         if (Path(args.resume) / RECIPE).exists():
@@ -147,11 +143,7 @@ def cmd_distill(args) -> int:
     from groundup.config import load_config, parse_override
     from groundup.distill import DEFAULT_ALPHA, DEFAULT_SAMPLES, DEFAULT_TEMPERATURE, distill_run, resume_distill
 
-    overrides = list(args.set or [])
-    if args.max_steps is not None:
-        overrides.append(f"max_steps={args.max_steps}")
-    if args.device is not None:
-        overrides.append(f"device={args.device}")
+    overrides = _overrides(args, "max_steps", "device")
     if args.resume:
         given = [flag for flag, value in (("--teacher", args.teacher), ("--config", args.config), ("--out", args.out),
                                           ("--temperature", args.temperature), ("--alpha", args.alpha),
