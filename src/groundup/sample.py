@@ -117,8 +117,9 @@ def generate_batch(model: GPT, prompts: torch.Tensor, length: int, seed: int, te
     """Continue every row of `prompts` (n, P) to `length` tokens at once, each new token drawn from
     softmax(logits / temperature) (argmax at 0) by one seeded CPU generator: one batched forward per
     token through the KV cache. Every token but the last must fit the context window, length ≤
-    block_size + 1 (the last token needs no forward pass; no sliding, unlike `generate`). Returns (n, length) token ids, prompts included. For bulk sampling (a teacher's
-    samples for sequence-level distillation) where streaming one sequence at a time is too slow."""
+    block_size + 1 (the last token needs no forward pass; no sliding, unlike `generate`). Returns
+    (n, length) token ids, prompts included. For bulk sampling (a teacher's samples for
+    sequence-level distillation) where streaming one sequence at a time is too slow."""
     prompts = torch.as_tensor(prompts, dtype=torch.long)
     if prompts.ndim != 2 or prompts.shape[1] < 1:
         raise GroundupError(f"generate_batch takes prompts of shape (n, P) with P ≥ 1, got {tuple(prompts.shape)}")

@@ -44,9 +44,10 @@ def quantized_layers(model: nn.Module) -> dict[str, nn.Linear]:
 
 
 def plain_copy(model: GPT) -> GPT:
-    """The same weights in a plain GPT, without the fused CPU kernels a training engine swaps in
-    (their attention and feed-forward read qkv / up weights directly, past the nn.Linear forward
-    hooks GPTQ records its inputs with: those layers would get an empty Hessian)."""
+    """The same weights in a new plain GPT, without the fused CPU kernels a training engine swaps
+    in: quantize_model works in place, so it gets this copy and the trained model stays as it is,
+    and the float baseline every quantized copy is compared with is computed the same plain way
+    (fused and plain rounding differ by ~1e-6)."""
     plain = GPT(model.config)
     plain.load_weights({k: v.detach() for k, v in model.weights().items()}, "the lab's model")
     return plain.to(model.token_embedding.weight.device).eval()
