@@ -264,8 +264,8 @@ def test_api_key_required_when_set(run_dir, monkeypatch):
 def test_full_queue_answers_429(run_dir):
     app = build_app(run_dir, device="cpu", max_batch=1, max_waiting=1)
     scheduler = app.state.scheduler
-    gate, original = threading.Event(), scheduler._step
-    scheduler._step = lambda admitted: (gate.wait(10), original(admitted))  # hold the decoding loop
+    gate, entered, original = threading.Event(), threading.Event(), scheduler._step
+    scheduler._step = lambda admitted: (entered.set(), gate.wait(10), original(admitted))  # hold the decoding loop
     body = {"model": run_dir.name, "prompt": "a", "max_tokens": 2}
     with ServerThread(app) as url:
         with httpx.Client(timeout=30) as h:
@@ -273,8 +273,9 @@ def test_full_queue_answers_429(run_dir):
             first = threading.Thread(target=lambda: results.append(h.post(url + "/v1/completions", json=body)))
             second = threading.Thread(target=lambda: results.append(h.post(url + "/v1/completions", json=body)))
             first.start()
-            _wait(lambda: scheduler.stats()["waiting"] == 0 and first.is_alive())
-            time.sleep(0.2)  # the first is being decoded (held at the gate)
+            # the first has been admitted and its decoding step is held at the gate ('waiting == 0' alone
+            # also holds before it arrives, and then both requests could race for the one waiting place)
+            assert entered.wait(10) and scheduler.stats()["waiting"] == 0
             second.start()
             _wait(lambda: scheduler.stats()["waiting"] == 1)
             third = h.post(url + "/v1/completions", json=body, timeout=5)  # answered at once, not queued
