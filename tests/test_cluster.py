@@ -114,3 +114,67 @@ def test_interconnect_presets_are_unidirectional_per_gpu():
 def test_bad_input_is_one_clear_error(call, match):
     with pytest.raises(ConfigError, match=match):
         call()
+
+
+# ---- `groundup cost --interconnect`: the projection on a cluster ---------------------------------
+def _cli(capsys, *args):
+    from groundup.cli import main
+
+    code = main(list(args))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_cluster_figures_by_hand():
+    from groundup import cost
+    from groundup.hardware import PRESETS
+
+    link = cluster.Interconnect("test link", 50e9, 0.0)
+    c = cost.cluster_figures(1e9, 6e9, PRESETS["H100"], 8, 0.4, link, "ddp", 0.0, 32768, 60.0, 600.0)
+    compute = 6e9 * 32768 / (989e12 * 0.4)  # 0.497 s per step per GPU
+    comm = 2e9 / 50e9 * 2 * 7 / 8  # all-reduce of 1e9 bf16 gradients over 8: 70 ms
+    assert c["compute_seconds"] == pytest.approx(compute, rel=1e-12)
+    assert [r["gpus"] for r in c["rows"]] == [1, 8]
+    here = c["rows"][-1]
+    assert here["comm_seconds"] == pytest.approx(comm, rel=1e-12)
+    assert here["efficiency"] == pytest.approx(compute / (compute + comm), rel=1e-12)
+    mtbf = 3600 / (8 * 419 / (16384 * 54 * 24))
+    tau = math.sqrt(2 * 60 * mtbf)
+    g = tau / (tau + 60) * (1 - (600 + (tau + 60) / 2) / mtbf)
+    assert here["goodput"] == pytest.approx(g, rel=1e-12)
+    assert c["useful_fraction"] == pytest.approx(compute / (compute + comm) * g, rel=1e-12)
+    half = cost.cluster_figures(1e9, 6e9, PRESETS["H100"], 8, 0.4, link, "ddp", 0.5, 32768)
+    assert half["rows"][-1]["step_seconds"] == pytest.approx(compute + comm / 2, rel=1e-12)
+    assert "goodput" not in half["rows"][-1] and half["useful_fraction"] == half["rows"][-1]["efficiency"]
+
+
+def test_cli_cost_cluster_divides_the_bill_by_the_useful_fraction(capsys):
+    args = ["cost", "--params", "7B", "--gpus", "1024", "--interconnect", "infiniband", "--parallelism", "fsdp",
+            "--checkpoint-seconds", "60", "--restart-seconds", "600"]
+    code, text, err = _cli(capsys, *args)
+    assert code == 0, err
+    assert "exposed communication" in text and "scaling efficiency" in text and "goodput" in text and "Young" in text
+    code, raw, err = _cli(capsys, *args, "--json")
+    import json
+
+    f = json.loads(raw)
+    c = f["cluster"]
+    comm = 7e9 * 6 / 50e9 * 1023 / 1024 + 3 * 20e-6  # FSDP on InfiniBand NDR: 3 collectives of 14 GB, (n−1)/n
+    assert c["rows"][-1]["comm_seconds"] == pytest.approx(comm, rel=1e-12)
+    assert c["compute_seconds"] == pytest.approx(6 * 7e9 * 32768 / (989e12 * 0.4), rel=1e-12)  # 6·N·b / (peak·MFU)
+    assert c["gpu_hours"] == pytest.approx(f["gpu_hours"] / c["useful_fraction"], rel=1e-12)
+    assert c["dollars"] == pytest.approx(f["dollars"] / c["useful_fraction"], rel=1e-12)
+    assert 0 < c["useful_fraction"] < 1
+    assert [r["gpus"] for r in c["rows"]] == [1, 8, 64, 512, 1024]
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--params", "7B", "--interconnect", "nvlink", "--checkpoint-seconds", "60"], "--restart-seconds"),
+    (["--params", "7B", "--checkpoint-seconds", "60", "--restart-seconds", "6"], "--interconnect"),
+    (["--params", "7B", "--interconnect", "nvlink", "--overlap", "2"], "overlap"),
+    (["--params", "7B", "--interconnect", "nvlink", "--bus-bandwidth-gbs", "0"], "bus bandwidth gbs"),
+    (["--params", "7B", "--interconnect", "nvlink", "--latency-us", "-1"], "--latency-us"),
+])
+def test_cli_cost_cluster_bad_input_is_a_clean_error(capsys, args, fragment):
+    code, _, err = _cli(capsys, "cost", *args)
+    assert code == 2 and err.startswith("error:") and fragment in err, err
