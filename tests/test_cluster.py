@@ -178,3 +178,35 @@ def test_cli_cost_cluster_divides_the_bill_by_the_useful_fraction(capsys):
 def test_cli_cost_cluster_bad_input_is_a_clean_error(capsys, args, fragment):
     code, _, err = _cli(capsys, "cost", *args)
     assert code == 2 and err.startswith("error:") and fragment in err, err
+
+
+def test_exponential_goodput_matches_a_simulation_and_the_first_order_model():
+    """Simulated Poisson failures (numpy's exponential draws, not our formula): each attempt at a
+    segment of τ + δ seconds fails after an exponential time; a failure costs the time spent plus a
+    restart R, itself open to failures."""
+    rng = np.random.default_rng(0)
+    tau, delta, restart, mtbf = 300.0, 60.0, 200.0, 900.0  # M comparable to the segment: no first order here
+    total, segments = 0.0, 20_000
+    for _ in range(segments):
+        while True:
+            t = rng.exponential(mtbf)
+            if t >= tau + delta:
+                total += tau + delta
+                break
+            total += t
+            while True:  # the restart, which a failure may interrupt too
+                r = rng.exponential(mtbf)
+                if r >= restart:
+                    total += restart
+                    break
+                total += r
+    simulated = segments * tau / total
+    exact = cluster.goodput_exponential(tau, delta, restart, mtbf)
+    # E[T] = M e^{R/M} (e^{(τ+δ)/M} − 1) = 900·e^{2/9}·(e^{0.4} − 1)
+    assert exact == pytest.approx(tau / (900 * math.exp(200 / 900) * (math.exp(0.4) - 1)), rel=1e-12)
+    assert simulated == pytest.approx(exact, rel=0.02)  # ~20k segments: the simulation's sd is < 0.5%
+    assert abs(cluster.goodput(tau, delta, restart, mtbf) - simulated) > 0.05  # the first-order model is off here
+    # and where failures are rare the two models agree to second order
+    g1, ge = cluster.goodput(1000.0, 10.0, 60.0, 1e6), cluster.goodput_exponential(1000.0, 10.0, 60.0, 1e6)
+    assert abs(g1 - ge) < ((1010 + 60) / 1e6) ** 2
+    assert cluster.goodput_exponential(1000.0, 50.0, 100.0, 300.0) > 0  # never clipped

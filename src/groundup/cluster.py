@@ -217,3 +217,21 @@ def goodput(interval: float, checkpoint_seconds: float, restart_seconds: float, 
     _check_nonnegative(checkpoint_seconds=checkpoint_seconds, restart_seconds=restart_seconds)
     segment = interval + checkpoint_seconds
     return max(0.0, interval / segment * (1.0 - (restart_seconds + segment / 2.0) / mtbf_seconds))
+
+
+def goodput_exponential(interval: float, checkpoint_seconds: float, restart_seconds: float, mtbf_seconds: float) -> float:
+    """Goodput without the first-order approximation, for Poisson failures at rate 1/M that can
+    strike at any time, restarts included (Daly 2006, "A higher order estimate of the optimum
+    checkpoint interval", the exponential model): a segment of τ work + δ checkpoint takes on
+    average
+
+        E[T] = M · e^(R/M) · (e^((τ + δ)/M) − 1)          so   G = τ / E[T]   (never below 0).
+
+    Expanding to first order in (τ + δ)/M and R/M gives goodput()'s formula; unlike it, this one
+    stays meaningful when M is no longer large against τ + δ + R (G falls towards 0 but never
+    crosses it)."""
+    _check_positive(interval=interval, mtbf_seconds=mtbf_seconds)
+    _check_nonnegative(checkpoint_seconds=checkpoint_seconds, restart_seconds=restart_seconds)
+    m = mtbf_seconds
+    expected = m * math.exp(restart_seconds / m) * math.expm1((interval + checkpoint_seconds) / m)
+    return interval / expected

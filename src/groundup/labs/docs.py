@@ -24,6 +24,7 @@ LABS = {
     "geometry": ("groundup.labs.geometry.report", "geometry.md"),
     "moe": ("groundup.labs.moe.report", "moe.md"),
     "efficiency": ("groundup.labs.efficiency.report", "efficiency.md"),
+    "wall": ("groundup.labs.wall.report", "wall.md"),
 }
 DOCS = Path("docs/labs")
 
