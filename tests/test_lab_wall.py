@@ -14,7 +14,7 @@ from groundup.labs.wall import lab, model, report
 from conftest import REPO
 
 SCALING = REPO / "docs" / "labs" / "results" / "scaling.json"
-N0, D0, n0, m0, B0, MFU0, PEAK = 405e9, 15.6e12, 16384, 128, 16e6, 0.40, 989e12
+N0, D0, n0, m0, B0, MFU0, PEAK = 405e9, 15.6e12, 16384, 128, 16e6, 400 / 989, 989e12  # Llama 3, Table 4
 LAMBDA = 419 / (16384 * 54 * 24)
 
 
@@ -65,6 +65,12 @@ def test_all_factors_together_by_hand():
     useful1 = mfu1 * _efficiency(10 * n0, N0 * math.sqrt(10), B0 * math.sqrt(10), mfu1, 0.5) * _goodput(10 * n0, 60, 600)
     assert r["multiplier"] == pytest.approx(10 * useful0 / useful1, rel=1e-12)
     assert r["multiplier"] == pytest.approx(10 * r["mfu_factor"] * r["comm_factor"] * r["failure_factor"], rel=1e-12)
+
+
+def test_llama3_mfu_drop_per_decade_by_hand():
+    # 430 → 400 TFLOP/s for 2× GPUs; per 10×: (400/430)^(log₂ 10)
+    assert model.LLAMA3_MFU_DROP_PER_DECADE == pytest.approx(1 - (400 / 430) ** (math.log(10) / math.log(2)), rel=1e-12)
+    assert 0.20 < model.LLAMA3_MFU_DROP_PER_DECADE < 0.22
 
 
 def test_same_cluster_keeps_the_gpus_and_so_the_failure_and_mfu_costs():

@@ -71,7 +71,7 @@ def run_lab(scaling_path: str = DEFAULT_SCALING, out: str = DEFAULT_OUT, n_boot:
               "capability_step": model.CAPABILITY_STEP, "definitions": model.CAPABILITY,
               "base": {"params": model.BASE_PARAMS, "tokens": model.BASE_TOKENS, "gpus": model.BASE_GPUS,
                        "model_parallel": model.BASE_MODEL_PARALLEL, "batch_tokens": model.BASE_BATCH_TOKENS,
-                       "mfu": model.DEFAULT_MFU, "peak_flops": model.PRESETS["H100"].peak_flops,
+                       "mfu": model.BASE_MFU, "llama3_mfu_drop_per_decade": model.LLAMA3_MFU_DROP_PER_DECADE, "peak_flops": model.PRESETS["H100"].peak_flops,
                        "failures_per_gpu_hour": model.cluster.LLAMA3_FAILURES_PER_GPU_HOUR,
                        "bus_bandwidth": model.cluster.INFINIBAND.bus_bandwidth, "latency": model.cluster.INFINIBAND.latency},
               "named": [{"name": name, **model.describe(a)} for name, a in model.named_scenarios().items()],
