@@ -149,9 +149,14 @@ GB = 1e9
 # (NVIDIA H100 Tensor Core GPU datasheet, 2023: "NVLink: 900GB/s"; 18 links × 50 GB/s), so 450 GB/s
 # each way: the peak for bus bandwidth. Measured point-to-point reaches ~83% of it (749 of 900 GB/s
 # bidirectional, NVIDIA/nccl issue #1264), so real busbw is lower than this preset.
-# InfiniBand NDR (between nodes): 400 Gb/s per port, one ConnectX-7 port per GPU in a DGX H100
-# (NVIDIA DGX H100 datasheet, 2023: 8 × single-port ConnectX-7, 400 Gb/s InfiniBand), so
-# 400/8 = 50 GB/s per GPU each way. A ring across nodes runs at the slowest link: this one.
+# (The MLCommons inference v4.1 system description of NVIDIA's H200 SXM ×8 lists the same link:
+# "18x 4th Gen NVLink, 900GB/s".)
+# InfiniBand NDR (between nodes): 400 Gb/s per port (NVIDIA's NDR transceiver specifications, e.g.
+# MMS4X00-NS400: "400Gb/s"), one ConnectX-7 port per GPU in a DGX H100 (NVIDIA DGX H100 datasheet,
+# 2023; the DGX BasePOD deployment guide configures eight InfiniBand compute interfaces per DGX H100),
+# so 400/8 = 50 GB/s per GPU each way. A ring across nodes runs at the slowest link: this one. Llama 3
+# ran on 400 Gb/s links between GPUs too (RoCE for 405B, InfiniBand for the smaller models; Dubey
+# et al. 2024, §3.3.1).
 # Latencies are assumptions (order of a small-message collective), not published figures; they
 # matter only for small messages.
 NVLINK = Interconnect("NVLink 4 (H100 SXM, intra-node)", 450 * GB, 10e-6,
