@@ -140,8 +140,9 @@ def test_cluster_figures_by_hand():
     assert here["efficiency"] == pytest.approx(compute / (compute + comm), rel=1e-12)
     mtbf = 3600 / (8 * 419 / (16384 * 54 * 24))
     tau = math.sqrt(2 * 60 * mtbf)
-    g = tau / (tau + 60) * (1 - (600 + (tau + 60) / 2) / mtbf)
+    g = tau / (mtbf * math.exp(600 / mtbf) * (math.exp((tau + 60) / mtbf) - 1))  # Daly's exponential model
     assert here["goodput"] == pytest.approx(g, rel=1e-12)
+    assert here["goodput_first_order"] == pytest.approx(tau / (tau + 60) * (1 - (600 + (tau + 60) / 2) / mtbf), rel=1e-12)
     assert c["useful_fraction"] == pytest.approx(compute / (compute + comm) * g, rel=1e-12)
     half = cost.cluster_figures(1e9, 6e9, PRESETS["H100"], 8, 0.4, link, "ddp", 0.5, 32768)
     assert half["rows"][-1]["step_seconds"] == pytest.approx(compute + comm / 2, rel=1e-12)
@@ -166,6 +167,19 @@ def test_cli_cost_cluster_divides_the_bill_by_the_useful_fraction(capsys):
     assert c["dollars"] == pytest.approx(f["dollars"] / c["useful_fraction"], rel=1e-12)
     assert 0 < c["useful_fraction"] < 1
     assert [r["gpus"] for r in c["rows"]] == [1, 8, 64, 512, 1024]
+
+
+def test_cli_cost_cluster_where_failures_outpace_restarts(capsys):
+    """163,840 GPUs at Llama 3's rate fail every ~19 minutes; with 30-minute restarts the first-order
+    goodput is 0, the exponential model's is small but positive, and the bill is finite."""
+    import json
+
+    args = ["cost", "--params", "70B", "--gpus", "163840", "--interconnect", "infiniband",
+            "--checkpoint-seconds", "300", "--restart-seconds", "1800", "--json"]
+    code, raw, err = _cli(capsys, *args)
+    assert code == 0, err
+    here = json.loads(raw)["cluster"]["rows"][-1]
+    assert here["goodput_first_order"] == 0.0 and 0 < here["goodput"] < 0.1
 
 
 @pytest.mark.parametrize("args, fragment", [

@@ -459,7 +459,9 @@ def cluster_figures(n_params: float, flops_per_token: float, hardware: Hardware,
                      ring model on the interconnect's bus bandwidth
         step       = compute + (1 − overlap) · comm
         efficiency = compute / step                  (throughput against n × one GPU)
-        goodput    = G(τ_Young, δ, R, M) with M = 3600 / (n · λ), τ = √(2δM)   (when δ and R are given)
+        goodput    = G(τ_Young, δ, R, M) with M = 3600 / (n · λ), τ = √(2δM)   (when δ and R are given),
+                     in the exponential model (cluster.goodput_exponential, Daly 2006), which stays above 0
+                     where the first-order cluster.goodput (also reported) clips to 0
         GPU-hours on the cluster = GPU-hours at MFU / (efficiency · goodput)
 
     Only data parallelism is modelled (no tensor or pipeline parallelism); the whole ring runs at
@@ -478,7 +480,8 @@ def cluster_figures(n_params: float, flops_per_token: float, hardware: Hardware,
             mtbf = cluster.mtbf_seconds(n, failures_per_gpu_hour)
             tau = cluster.young_interval(checkpoint_seconds, mtbf)
             r.update(mtbf_seconds=mtbf, young_interval_seconds=tau,
-                     goodput=cluster.goodput(tau, checkpoint_seconds, restart_seconds, mtbf))
+                     goodput=cluster.goodput_exponential(tau, checkpoint_seconds, restart_seconds, mtbf),
+                     goodput_first_order=cluster.goodput(tau, checkpoint_seconds, restart_seconds, mtbf))
         return r
 
     rows = [row(n) for n in _gpu_counts(n_gpus)]
