@@ -136,6 +136,7 @@ def tiny_run(tmp_path_factory):
     return results, out
 
 
+@pytest.mark.slow  # the tiny lab run: ~10 s of training plus preparing the corpus in a fresh cache
 def test_lab_runs_end_to_end_and_reports_from_its_results(tiny_run, tmp_path):
     results, out = tiny_run
     assert results["seeds"] == [1, 2] and results["lab"] == "data-wall"
@@ -161,6 +162,7 @@ def _set(summary: dict, lo: float, hi: float) -> None:
     summary.update(mean=(lo + hi) / 2, ci95=[lo, hi], n=2)
 
 
+@pytest.mark.slow  # the tiny lab run: ~10 s of training plus preparing the corpus in a fresh cache
 def test_the_collapse_verdicts_can_fail(tiny_run):
     results = copy.deepcopy(tiny_run[0])
     col = results["aggregate"]["collapse"]
@@ -178,6 +180,7 @@ def test_the_collapse_verdicts_can_fail(tiny_run):
     assert v["tails vanish first (replacement)"].startswith("NOT supported")
 
 
+@pytest.mark.slow  # the tiny lab run: ~10 s of training plus preparing the corpus in a fresh cache
 def test_the_repetition_verdicts_can_fail(tiny_run):
     results = copy.deepcopy(tiny_run[0])
     results["fit"]["bootstrap"]["r_star_ci95"] = [1.0, 3.0]
@@ -198,6 +201,7 @@ def test_bad_settings_get_one_clear_line(capsys):
     assert main(["lab", "data-wall", "--report-from", "/nonexistent/results.json"]) == 2
 
 
+@pytest.mark.slow  # the tiny lab run: ~10 s of training plus preparing the corpus in a fresh cache
 def test_results_are_a_harness_document(tiny_run):
     results, out = tiny_run
     assert harness.load_results(out / "results.json", "data-wall")["fit"]["budget_tokens"] == 16 * 4 * 16

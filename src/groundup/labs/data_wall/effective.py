@@ -14,7 +14,7 @@ epoch has R = 0 and D' = U = D.)
 The lab fits it in two stages, on one fixed model trained on a fixed token budget D:
 
   1. the loss-vs-data law on unique data (runs with D_k ≤ D fresh tokens, each trained for one
-     epoch with its own schedule):   L(D) = E + B/D^β   (Huber on log L, labs/fit.py)
+     epoch with its own schedule):   L(D) = E + B/D^β   (least squares, E ≥ 0: fit_data_law)
   2. R* from the repeated runs (U = D/E unique tokens, E epochs):  the R* that minimises
          Σᵢ (log L(D'(Uᵢ, Rᵢ, R*)) − log Lᵢ)²,    over log R* (a grid, then BFGS: labs/fit.py)
 
@@ -33,7 +33,7 @@ from typing import Callable
 
 import numpy as np
 
-from groundup.labs.fit import bootstrap_seeds_and_points, fit_power_law_with_floor, interval, minimize_bfgs
+from groundup.labs.fit import bootstrap_seeds_and_points, interval, minimize_bfgs
 
 R_STAR_BOUNDS = (0.05, 1e4)  # the fit's search range for R* (an estimate at an end is censored)
 
@@ -71,15 +71,45 @@ class DataLaw:
         return asdict(self)
 
 
-def fit_data_law(D, L, near: DataLaw | None = None) -> DataLaw:
-    """L(D) = E + B/D^β by Huber loss on log L (labs/fit.fit_power_law_with_floor), from its grid of
-    starts, or (`near`: a bootstrap refit) from a few starts around an earlier fit."""
-    starts = None
-    if near is not None and near.E > 0 and near.B > 0:
-        starts = np.array([[math.log(near.B), near.beta, math.log(near.E)],
-                           [math.log(near.B) + 1.0, near.beta + 0.05, math.log(near.E) - 0.1]])
-    p = fit_power_law_with_floor(np.asarray(D, dtype=float), np.asarray(L, dtype=float), starts=starts)
-    return DataLaw(E=p.E, B=p.a, beta=p.alpha)
+def _law_given_beta(D: np.ndarray, L: np.ndarray, betas: np.ndarray):
+    """For each β: the least-squares E, B of L = E + B·D^−β (linear in E and B), E clipped at 0
+    (then B through the origin). Returns (E, B, sum of squared residuals), each (len(betas),)."""
+    X = D[None, :] ** -betas[:, None]  # (G, n)
+    xm, lm = X.mean(1, keepdims=True), L.mean()
+    B = ((X - xm) * (L - lm)).sum(1) / ((X - xm) ** 2).sum(1)
+    E = lm - B * xm[:, 0]
+    neg = E < 0
+    B = np.where(neg, (X * L).sum(1) / (X * X).sum(1), B)
+    E = np.where(neg, 0.0, E)
+    sse = ((E[:, None] + B[:, None] * X - L[None, :]) ** 2).sum(1)
+    return E, B, np.where(B > 0, sse, np.inf)
+
+
+def fit_data_law(D, L) -> DataLaw:
+    """L(D) = E + B/D^β, least squares in L with E ≥ 0, by variable projection: for a given β the law
+    is linear in E and B (closed form); β is the best of a grid of 300 values in [0.005, 3], refined
+    by BFGS (labs/fit.minimize_bfgs, central-difference gradient). Closed-form inner fits make the
+    bootstrap's hundreds of refits cheap."""
+    D, L = np.asarray(D, dtype=float), np.asarray(L, dtype=float)
+    if len(np.unique(D)) < 3:
+        raise ValueError("L(D) = E + B/D^β needs at least three distinct budgets")
+    grid = np.geomspace(0.005, 3.0, 300)
+    _, _, sse = _law_given_beta(D, L, grid)
+    b0 = math.log(grid[int(np.argmin(sse))])
+
+    def f(x: float) -> float:
+        return float(_law_given_beta(D, L, np.array([math.exp(x)]))[2][0])
+
+    def fun(p):
+        h = 1e-6
+        return f(p[0]), np.array([(f(p[0] + h) - f(p[0] - h)) / (2 * h)])
+
+    x, _ = minimize_bfgs(fun, np.array([b0]), max_iter=100)
+    beta = math.exp(float(np.clip(x[0], math.log(grid[0]), math.log(grid[-1]))))
+    if not f(math.log(beta)) <= f(b0):
+        beta = math.exp(b0)
+    E, B, _ = _law_given_beta(D, L, np.array([beta]))
+    return DataLaw(E=float(E[0]), B=float(B[0]), beta=beta)
 
 
 def _r_star_objective(law: DataLaw, U, R, L, effective: Callable):
@@ -137,14 +167,13 @@ def bootstrap_effective(unique_D, unique_losses: list, U, R, repeated_losses: li
     intervals of R*, E, B and β, the samples of R*, and how many resamples were fitted."""
     unique_D, U, R = (np.asarray(v, dtype=float) for v in (unique_D, U, R))
     k = len(unique_D)
-    near = fit_data_law(unique_D, [np.mean(v) for v in unique_losses])
 
     def refit(idx, means):
         u = np.unique(idx[idx < k])
         r = idx[idx >= k] - k
         if len(u) < 3 or len(r) == 0:
             return None
-        law = fit_data_law(unique_D[idx[idx < k]], means[idx[idx < k]], near)
+        law = fit_data_law(unique_D[idx[idx < k]], means[idx[idx < k]])
         fit = fit_r_star(law, U[r], R[r], means[k:][r], effective)
         return {"r_star": fit["r_star"], "censored": float(fit["censored"]), "E": law.E, "B": law.B, "beta": law.beta}
 

@@ -192,7 +192,7 @@ def report(results: dict) -> str:
                    [[f"{u['tokens']['mean']:,.0f}", int(u["steps"]["mean"]), short(u["val_loss"], ".4f"),
                      f"{float(law(u['tokens']['mean'])):.4f}"] for u in rep["unique"].values()]
                    + [[f"{D:,.0f}", cfg["steps"], short(rep["repeated"]["epochs_1"]["val_loss"], ".4f"), f"{float(law(D)):.4f}"]]), "",
-             f"Fitted on the seed means: L(D) = {law.E:.3f} + {law.B:.4g}/D^{law.beta:.3f} (Huber on log L, labs/fit.py), "
+             f"Fitted on the seed means: L(D) = {law.E:.3f} + {law.B:.4g}/D^{law.beta:.3f} (least squares with E ≥ 0: closed form in E and B for each β, β by BFGS), "
              f"then {r_star_text(fit)}. Per-seed fits: R* = {short(rep['fit']['r_star'], '.2f')}. Identifiability: losses "
              f"drawn from the fitted law and R* on this grid with {fit['recovery']['draws']} draws of the measured seed noise "
              f"({fit['recovery']['noise_sd']:.4f} nats) give R̂*/R* − 1 up to {fit['recovery']['max_relative_error']:+.0%} "
