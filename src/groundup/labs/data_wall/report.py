@@ -235,10 +235,11 @@ def report(results: dict) -> str:
     lines += [f"- **{claim}.** {sentence}" for claim, sentence in v.items()]
     secs = agg["seconds"]
     lines += ["", "## Compared with the published figures", "",
-              f"- **Muennighoff et al. 2023** (eq. 5; their abstract: up to ~4 epochs of repeated data change the loss "
-              f"negligibly, and with more repetition the value of added compute decays to zero — their Figure 3 puts it "
-              f"around 16 epochs). Their fitted R_D* ≈ {MUENNIGHOFF_R_STAR} is quoted from memory of the paper and was "
-              "not confirmed against it here (the search tool found the formula and R = epochs − 1, not the constant). "
+              f"- **Muennighoff et al. 2023** (eq. 5; their abstract: with up to 4 epochs of repeated data the loss changes "
+              f"negligibly compared with unique data, and with more repetition the value of added compute eventually decays "
+              f"to zero — 'around 16 epochs' in the usual summary, as in this project's REFERENCES.md). Their fitted "
+              f"R_D* ≈ {MUENNIGHOFF_R_STAR} is quoted from memory of the paper and was not confirmed against it here (the "
+              "search tool found the formula and the definition R = epochs − 1, not the constant). "
               "Their models have 10M–9B parameters and their repetition regime is pre-training on web text; ours is "
               "one character-level model with ~10⁵ parameters, so an R* on a different scale is an answer, not a failure.",
               "- **Shumailov et al. 2024** (Nature): fine-tuning OPT-125m on wikitext-2 text sampled from the previous "
