@@ -202,6 +202,10 @@ def test_bad_settings_get_one_clear_line(capsys):
 
 
 @pytest.mark.slow  # the tiny lab run: ~10 s of training plus preparing the corpus in a fresh cache
-def test_results_are_a_harness_document(tiny_run):
+def test_results_are_a_harness_document_and_refit_from_it(tiny_run):
     results, out = tiny_run
-    assert harness.load_results(out / "results.json", "data-wall")["fit"]["budget_tokens"] == 16 * 4 * 16
+    loaded = harness.load_results(out / "results.json", "data-wall")
+    assert loaded["fit"]["budget_tokens"] == 16 * 4 * 16
+    refit = lab.refit_results(loaded)  # the pooled fit again from the per-seed runs alone: the same numbers
+    assert refit["fit"]["r_star"] == pytest.approx(loaded["fit"]["r_star"], rel=1e-9)
+    assert refit["fit"]["bootstrap"]["r_star_ci95"] == pytest.approx(loaded["fit"]["bootstrap"]["r_star_ci95"], rel=1e-9)

@@ -38,6 +38,7 @@ VERSION = report.VERSION  # one number, kept in report.py (labs/docs.py reads it
 DEFAULT_SEEDS = 3
 DEFAULT_OUT = "runs/data-wall"
 REGIMES = ("replace", "accumulate", "real")
+SENSITIVITY_EPOCHS = 16  # R* is also fitted on the repeated runs of at most this many epochs
 
 
 @dataclass
@@ -348,10 +349,28 @@ def pooled_fit(s: Settings, per_seed: list[dict]) -> dict:
     noise = float(np.mean([np.std(v, ddof=1) for v in unique_losses + repeated_losses])) if len(per_seed) > 1 else 0.01
     recovery = effective.recover_r_star(law, fit["r_star"] if math.isfinite(fit["r_star"]) else 5.0, D, U, R,
                                         len(per_seed), noise, n_draws=8, tolerance=0.5)
+    # Sensitivity: eq. 5 cannot make the loss rise with repetition (overfitting); R* refitted on the
+    # repeated runs up to SENSITIVITY_EPOCHS epochs only, the same law.
+    keep = (R + 1) <= SENSITIVITY_EPOCHS + 1e-9
+    up_to = None
+    if keep.any() and not keep.all():
+        sub = effective.fit_r_star(law, U[keep], R[keep], [np.mean(v) for v, k in zip(repeated_losses, keep) if k])
+        sub_boot = effective.bootstrap_effective(D, unique_losses, U[keep], R[keep],
+                                                 [v for v, k in zip(repeated_losses, keep) if k], s.n_boot, seed=0)
+        up_to = {"max_epochs": SENSITIVITY_EPOCHS, **sub, "r_star_ci95": sub_boot.get("r_star_ci95"),
+                 "censored_share": sub_boot.get("censored_share"), "fitted": sub_boot.get("fitted", 0)}
     return {"r_star": fit["r_star"], "censored": fit["censored"], "law": fit["law"], "bootstrap": boot,
-            "budget_tokens": budget, "unique_tokens": [float(x) for x in U], "repetitions": [float(x) for x in R],
+            "up_to": up_to, "budget_tokens": budget, "unique_tokens": [float(x) for x in U], "repetitions": [float(x) for x in R],
             "unique_budgets": [float(x) for x in D], "measured_ratio": measured, "recovery": recovery,
             "predicted_ratio": [float(x) for x in effective.effective_data(U, R, fit["r_star"]) / budget]}
+
+
+def refit_results(results: dict) -> dict:
+    """The same results with the pooled fit recomputed from their per-seed runs (nothing retrained):
+    for a results file written before the fit was extended."""
+    config = {k: v for k, v in results["config"].items() if k in Settings.__dataclass_fields__}
+    s = Settings(**{k: tuple(v) if isinstance(v, list) else v for k, v in config.items()})
+    return {**results, "fit": pooled_fit(s, results["per_seed"]), "fit_recomputed": True}
 
 
 def make_results(s: Settings, seeds: list[int], per_seed: list[dict], mode: str, wall_seconds: float) -> dict:
