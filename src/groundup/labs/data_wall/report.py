@@ -285,6 +285,7 @@ def plots(results: dict, out: str | Path) -> list[Path]:
     out, agg, cfg, fit = Path(out), results["aggregate"], results["config"], results["fit"]
     rep, col, n = agg["repetition"], agg["collapse"], _n(results)
     note = f"mean of {n} seeds, band: 95% CI" if n > 1 else "1 seed"
+    bars = f"mean of {n} seeds, bars: 95% CI" if n > 1 else "1 seed"
     law = DataLaw(**fit["law"])
     D = fit["budget_tokens"]
     paths = []
@@ -302,7 +303,7 @@ def plots(results: dict, out: str | Path) -> list[Path]:
     ax.legend()
     paths.append(save_figure(fig, out / PLOTS["repetition"]))
 
-    fig, ax = new_figure(f"Effective data D'/D vs epochs ({note}, bars: 95% CI)", "epochs E (R = E − 1)", "D' / D")
+    fig, ax = new_figure(f"Effective data D'/D vs epochs ({bars})", "epochs E (R = E − 1)", "D' / D")
     keys = [k for k in rep["repeated"] if k in fit["measured_ratio"]]
     x = [rep["repeated"][k]["epochs"]["mean"] for k in keys]
     m = [fit["measured_ratio"][k] for k in keys]
@@ -316,7 +317,7 @@ def plots(results: dict, out: str | Path) -> list[Path]:
     ax.legend()
     paths.append(save_figure(fig, out / PLOTS["effective"]))
 
-    fig, ax = new_figure(f"Held-out loss vs unique tokens ({note})", "unique tokens D", "held-out loss (nats/char)")
+    fig, ax = new_figure(f"Held-out loss vs unique tokens ({bars})", "unique tokens D", "held-out loss (nats/char)")
     uniq = list(rep["unique"].values())
     xs = [u["tokens"]["mean"] for u in uniq] + [D]
     ys = [u["val_loss"] for u in uniq] + [rep["repeated"]["epochs_1"]["val_loss"]]
