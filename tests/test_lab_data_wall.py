@@ -187,6 +187,8 @@ def test_the_repetition_verdicts_can_fail(tiny_run):
     assert report.verdicts(results)["repetition: returns vanish around 16 epochs"].startswith("NOT consistent")
     results["fit"]["bootstrap"]["r_star_ci95"] = [8.0, 30.0]
     assert report.verdicts(results)["repetition: returns vanish around 16 epochs"].startswith("Consistent")
+    results["fit"]["bootstrap"]["r_star_ci95"] = [8.0, effective.R_STAR_BOUNDS[1]]  # open-ended: says nothing
+    assert report.verdicts(results)["repetition: returns vanish around 16 epochs"].startswith("Not resolved")
     _set(results["aggregate"]["repetition"]["vs_unique"]["epochs_4"], 5.0, 6.0)  # 4 epochs far worse than unique
     assert report.verdicts(results)["repetition: ~4 epochs ≈ unique data"].startswith("NOT supported")
 
