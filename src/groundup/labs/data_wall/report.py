@@ -258,7 +258,9 @@ def report(results: dict) -> str:
               f"negligibly compared with unique data, and with more repetition the value of added compute eventually decays "
               f"to zero — 'around 16 epochs' in the usual summary, as in this project's REFERENCES.md). Their fitted "
               f"R_D* ≈ {MUENNIGHOFF_R_STAR} is quoted from memory of the paper and was not confirmed against it here (the "
-              "search tool found the formula and the definition R = epochs − 1, not the constant). "
+              "search tool found the formula and the definition R = epochs − 1 — in a summary of the paper, "
+              "hunterheidenreich.com/notes/natural-language-processing/language-models/scaling-data-constrained-language-models "
+              "— but not the constant). "
               "Their models have 10M–9B parameters and their repetition regime is pre-training on web text; ours is "
               "one character-level model with ~10⁵ parameters, so an R* on a different scale is an answer, not a failure.",
               "- **Shumailov et al. 2024** (Nature): fine-tuning OPT-125m on wikitext-2 text sampled from the previous "
