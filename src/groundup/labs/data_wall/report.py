@@ -299,7 +299,7 @@ def plots(results: dict, out: str | Path) -> list[Path]:
 
     runs = list(rep["repeated"].values())
     ep = [r["epochs"]["mean"] for r in runs]
-    fig, ax = new_figure(f"Held-out loss at a fixed budget of {D:,.0f} tokens ({note})", "epochs over U = D/E unique tokens",
+    fig, ax = new_figure(f"Held-out loss at a fixed budget of {D:,.0f} tokens\n({note})", "epochs over U = D/E unique tokens",
                          "held-out loss (nats/char)")
     _band(ax, ep, [r["val_loss"] for r in runs], "measured", marker="o")
     grid = np.geomspace(1, max(ep), 100)
@@ -359,7 +359,7 @@ def plots(results: dict, out: str | Path) -> list[Path]:
     a1.legend()
     paths.append(save_figure(fig, out / PLOTS["tail"]))
 
-    fig, ax = new_figure(f"Distinct {cfg['ngram']}-grams of each generation's samples ({note})", "generation",
+    fig, ax = new_figure(f"Distinct {cfg['ngram']}-grams of each generation's samples\n({note})", "generation",
                          f"distinct {cfg['ngram']}-grams / {cfg['ngram']}-grams")
     for regime in regimes:
         _band(ax, gens, col[regime]["distinct"], regime, marker="o")
