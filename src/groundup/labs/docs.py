@@ -25,6 +25,7 @@ LABS = {
     "moe": ("groundup.labs.moe.report", "moe.md"),
     "efficiency": ("groundup.labs.efficiency.report", "efficiency.md"),
     "wall": ("groundup.labs.wall.report", "wall.md"),
+    "data-wall": ("groundup.labs.data_wall.report", "data-wall.md"),
 }
 DOCS = Path("docs/labs")
 
