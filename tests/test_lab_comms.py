@@ -115,11 +115,9 @@ def test_a_tiny_real_run_of_the_lab_through_the_trainer(tmp_path):
 COMPUTE = 0.030  # s: the fake trainer's step at n = 1
 
 
-@pytest.fixture
-def fake(monkeypatch):
-    """The lab with its two measurements replaced by the ring formula (2% noise by seed) and a DDP step
-    that is compute + the exact all-reduce × `ddp_factor` (set it to move the measured step time)."""
-    state = {"ddp_factor": 1.0, "grad_bytes": None}
+def _fakes(state: dict) -> dict:
+    """The lab's two measurements replaced by the ring formula (2% noise by seed) and a DDP step that
+    is compute + the exact all-reduce × state["ddp_factor"] (to move the measured step time)."""
 
     def allreduce_times(n, sizes, warmup, repeats, seed, min_block=0.02):
         rng = np.random.default_rng([seed, n])
@@ -132,21 +130,29 @@ def fake(monkeypatch):
         comm = (lab.ddp_buckets(state["grad_bytes"]) + 1) * ALPHA + state["grad_bytes"] * fit.ring_factor(n) / BUS
         return {"median": (COMPUTE + comm) * state["ddp_factor"], "steps": []}
 
-    monkeypatch.setattr(measure, "allreduce_times", allreduce_times)
-    monkeypatch.setattr(measure, "trainer_step_time", trainer_step_time)
-    monkeypatch.setattr(lab, "cores", lambda: 4)
-    state["grad_bytes"] = lab.gradient_bytes(lab.Settings())[1]
-    return state
+    return {"allreduce_times": allreduce_times, "trainer_step_time": trainer_step_time}
 
 
-def _run(tmp_path, name="run", seeds=(1, 2, 3)) -> dict:
-    s = lab.Settings(process_counts=(2, 4, 8), sizes=tuple(SIZES))
-    return lab.run_lab(s, list(seeds), tmp_path / name, say=lambda *a: None)
+GRAD_BYTES = 12_700_000
 
 
-def test_synthetic_run_writes_results_report_and_plots_and_regenerates(fake, tmp_path, capsys):
-    results = _run(tmp_path)
-    out = tmp_path / "run"
+@pytest.fixture(scope="module")
+def synthetic_run(tmp_path_factory):
+    """One 3-seed run of the lab on fake measurements, 4 cores (n = 2 and 4 inside, 8 oversubscribed)."""
+    tmp = tmp_path_factory.mktemp("comms")
+    state = {"ddp_factor": 1.0, "grad_bytes": GRAD_BYTES}
+    with pytest.MonkeyPatch.context() as mp:
+        for name, f in _fakes(state).items():
+            mp.setattr(measure, name, f)
+        mp.setattr(lab, "cores", lambda: 4)
+        mp.setattr(lab, "gradient_bytes", lambda s: (GRAD_BYTES // 4, GRAD_BYTES))
+        s = lab.Settings(process_counts=(2, 4, 8), sizes=tuple(SIZES))
+        results = lab.run_lab(s, [1, 2, 3], tmp / "run", say=lambda *a: None)
+    return tmp / "run", results
+
+
+def test_synthetic_run_writes_results_report_and_plots_and_regenerates(synthetic_run, tmp_path):
+    out, results = synthetic_run
     agg = results["aggregate"]
     assert results["lab"] == "comms" and results["schema"] == harness.SCHEMA and len(results["seeds"]) == 3
     assert agg["allreduce"]["fit"]["4"]["alpha"]["ci95"] is not None  # an interval over the 3 seeds
@@ -167,33 +173,47 @@ def test_synthetic_run_writes_results_report_and_plots_and_regenerates(fake, tmp
     assert pages[0].name == "comms.md" and "do not edit by hand" in pages[0].read_text()
 
 
-def test_verdicts_turn_when_the_numbers_do(fake, tmp_path):
-    results = _run(tmp_path)
+def test_the_ddp_prediction_error_is_prediction_over_measurement(monkeypatch):
+    """A measured step 40% slower than compute + all-reduce gives an error of 1/1.4 − 1 = −29%."""
+    state = {"ddp_factor": 1.4, "grad_bytes": GRAD_BYTES}
+    for name, f in _fakes(state).items():
+        monkeypatch.setattr(measure, name, f)
+    s = lab.Settings(process_counts=(2,), sizes=tuple(SIZES), ddp_ranks=(2, 4))
+    allreduce = lab.allreduce_experiment(s, 1, n_cores=2)
+    ddp = lab.ddp_experiment(s, 1, allreduce, GRAD_BYTES, n_cores=2)
+    assert ddp["ranks"]["2"]["error"] == pytest.approx(1 / 1.4 - 1, abs=0.01)
+    four = ddp["ranks"]["4"]  # no fit at n = 4: the joint fit predicts; the shared prediction doubles the compute
+    assert four["cpu_share"] == 2.0
+    assert four["predicted_shared_s"] - four["predicted_s"] == pytest.approx(ddp["compute_s"])
+
+
+def test_verdicts_turn_when_the_numbers_do(synthetic_run):
+    _, results = synthetic_run
     v = report.verdicts(results)
     assert v["ring-model"].startswith("Supported")  # within the 4 (patched) cores: n = 2 and 4
     assert v["bus-bandwidth"].startswith("Supported")
     assert v["ddp-prediction"].startswith("Supported")
 
-    fake["ddp_factor"] = 1.4  # the measured DDP step 40% slower than compute + all-reduce
-    slow = _run(tmp_path, "slow")
-    assert report.verdicts(slow)["ddp-prediction"].startswith("NOT supported")
-
-    bad = copy.deepcopy(results)  # the per-n misfit of n = 2 doctored above the threshold
+    bad = copy.deepcopy(results)  # the measured DDP steps 40% slower than predicted
+    for r in bad["aggregate"]["ddp"]["ranks"].values():
+        r["error"] = harness.summarize([1 / 1.4 - 1] * 3)
+    assert report.verdicts(bad)["ddp-prediction"].startswith("NOT supported")
+    bad = copy.deepcopy(results)  # the per-n misfit of n = 2 above the threshold
     bad["aggregate"]["allreduce"]["fit"]["2"]["rms_misfit"] = harness.summarize([0.4, 0.5, 0.45])
     assert report.verdicts(bad)["ring-model"].startswith("NOT supported")
     bad = copy.deepcopy(results)  # n = 4's bus bandwidth half of n = 2's
-    f = bad["aggregate"]["allreduce"]["fit"]
-    f["4"]["bus_bandwidth"] = harness.summarize([v / 2 for v in (BUS, BUS, BUS)])
+    bad["aggregate"]["allreduce"]["fit"]["4"]["bus_bandwidth"] = harness.summarize([BUS / 2] * 3)
     assert report.verdicts(bad)["bus-bandwidth"].startswith("NOT supported")
 
 
-def test_on_two_cores_only_n_2_is_judged_and_the_bandwidth_claim_is_not_testable(fake, monkeypatch, tmp_path):
-    monkeypatch.setattr(lab, "cores", lambda: 2)
-    results = _run(tmp_path, seeds=(1,))
-    v = report.verdicts(results)
+def test_on_two_cores_only_n_2_is_judged_and_the_bandwidth_claim_is_not_testable(synthetic_run):
+    _, results = synthetic_run
+    two = copy.deepcopy(results)
+    two["config"]["cores"] = 2
+    v = report.verdicts(two)
     assert "at n = 2 (the n ≤ 2 cores" in v["ring-model"] and "Oversubscribed" in v["ring-model"]
     assert v["bus-bandwidth"].startswith("Not testable on this machine")
-    assert "1 seed" in (tmp_path / "run" / "report.md").read_text()
+    assert "**With more than 2 ranks the CPU is oversubscribed**" in report.report(two)
 
 
 def test_projection_rows_by_hand():
