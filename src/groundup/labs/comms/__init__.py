@@ -16,8 +16,11 @@ measure.py starts the ranks (spawned processes with torchrun's environment) and 
 the α–β fit; project.py the projection; lab.py runs it on the harness; report.py turns results.json
 into the verdicts, report.md and plots.
 
-The default run is sized for ≤ 10 min on 2 quiet CPU cores (estimated from runs under load: all-reduce
-≈ 1 min per seed, the three trainer runs ≈ 40 s per seed, the process start-ups included): 3 seeds.
+The default run (3 seeds) is sized for ≤ 10 min on 2 quiet CPU cores. Estimated, not measured end to end
+(the machine was shared while it was written): per seed, starting the 23 all-reduce processes ≈ 30 s
+(importing torch and the lab, ≈ 2.5 CPU-s each), the all-reduces ≈ 15 s (64 MiB at 8 ranks ≈ 0.4 s a
+call, 8 calls a size), the trainer at n = 1, 2, 4 ≈ 25 s, the plots ≈ 3 s: ≈ 1.2 min a seed, ≈ 4 min
+in all, give or take 2. The --quick run took 43 s with the load average near 3.
 
     groundup lab comms                  # 3 seeds
     groundup lab comms --quick          # 1 seed, 2 and 4 ranks, small messages, DDP at 2 ranks

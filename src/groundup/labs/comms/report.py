@@ -25,11 +25,17 @@ def _ms(summary: dict) -> str:
                   "ci95": None if summary["ci95"] is None else [v * 1e3 for v in summary["ci95"]]}, ".3g")
 
 
-def _gbs(summary: dict | None) -> str:
+def _ns(summary: dict) -> str:
+    return short({**summary, "mean": summary["mean"] * 1e9,
+                  "ci95": None if summary["ci95"] is None else [v * 1e9 for v in summary["ci95"]]}, ".3g")
+
+
+def _gbs(summary: dict | None, unit: str = "") -> str:
+    """B_bus in GB/s; undefined where a seed's fit gave β ≤ 0 (time not growing with size)."""
     if summary is None:
-        return "— (β ≤ 0 in some seed)"
+        return "undefined (β ≤ 0 in some seed)"
     return short({**summary, "mean": summary["mean"] / 1e9,
-                  "ci95": None if summary["ci95"] is None else [v / 1e9 for v in summary["ci95"]]}, ".3g")
+                  "ci95": None if summary["ci95"] is None else [v / 1e9 for v in summary["ci95"]]}, ".3g") + unit
 
 
 def _ranks(results: dict) -> list[int]:
@@ -76,12 +82,11 @@ def verdicts(results: dict) -> dict[str, str]:
     else:
         head = (f"Not testable on this machine: the ring model says the bus bandwidth is the same at every n, but only "
                 f"n = {', '.join(map(str, inside)) or 'none'} fit{'s' if len(inside) == 1 else ''} within its {cores} cores. ")
-    base = fits[str(ranks[0])]
     tail = ""
     if over:
         tail = ("With more ranks than cores the fit changes instead: " + "; ".join(
-            f"n = {n}: α {_ms(fits[str(n)]['alpha'])} ms, B_bus {_gbs(fits[str(n)].get('bus_bandwidth'))} GB/s"
-            for n in ranks) + f" (n = {ranks[0]}: α {_ms(base['alpha'])} ms). Ranks waiting for a core add scheduling "
+            f"n = {n}: α {_ms(fits[str(n)]['alpha'])} ms, B_bus {_gbs(fits[str(n)].get('bus_bandwidth'), ' GB/s')}"
+            for n in ranks) + ". Ranks waiting for a core add scheduling "
             "delays to every step of the ring: α grows and the bandwidth falls with n, which the ring model, "
             "written for one rank per link, does not contain. ")
     joint = agg["allreduce"]["joint"]["all"]
@@ -172,7 +177,7 @@ def report(results: dict) -> str:
                 "is the scheduler as much as the transport; the report keeps those points and shows what they do to the fit. "
                 if max(ranks) > cores else "")
              + f"All-reduce: float32 zeros of {', '.join(human_bytes(s) for s in cfg['sizes'])}, at n = "
-             f"{', '.join(map(str, ranks))}; per size {cfg['warmup']} untimed calls, then {cfg['repeats']} timed blocks of "
+             f"{', '.join(map(str, ranks))}; per size {plural(cfg['warmup'], 'untimed call')}, then {cfg['repeats']} timed blocks of "
              f"back-to-back calls (each block ≥ {cfg['min_block'] * 1e3:.0f} ms, the same number of calls on every rank), a "
              "block's time the slowest rank's, the point the median block. A seed is a fresh set of processes that "
              "measures the sizes in its own shuffled order; ± is over seeds.", "",
@@ -182,20 +187,21 @@ def report(results: dict) -> str:
     rows = []
     for n in ranks:
         f = ar["fit"][str(n)]
-        rows.append([n, f"{ring_factor(n):.3f}", _ms(f["alpha"]), _gbs(f.get("bus_bandwidth")),
+        rows.append([n, f"{ring_factor(n):.3f}", _ms(f["alpha"]), _ns(f["beta"]), _gbs(f.get("bus_bandwidth")),
                      f"{f['rms_misfit']['mean']:.1%}", f"{f['max_misfit']['mean']:.1%}",
                      "yes" if n > cores else "no"])
     for name, label in (("all", "joint, all n"), ("within_cores", f"joint, n ≤ {cores}")):
         if name in ar["joint"]:
             f = ar["joint"][name]
-            rows.append([label, "—", _ms(f["alpha"]), _gbs(f.get("bus_bandwidth")), f"{f['rms_misfit']['mean']:.1%}",
+            rows.append([label, "—", _ms(f["alpha"]), _ns(f["beta"]), _gbs(f.get("bus_bandwidth")), f"{f['rms_misfit']['mean']:.1%}",
                          f"{f['max_misfit']['mean']:.1%}", "—"])
     lines += ["", "## 1. All-reduce time against message size and ranks", "",
               "Fit: weighted least squares of t = α + β·x on the bus bytes x = S·2(n − 1)/n with relative residuals "
-              "(the sizes span four orders of magnitude); bus bandwidth B_bus = 1/β. α and B_bus: mean ± 95% interval "
+              "(the sizes span four orders of magnitude); bus bandwidth B_bus = 1/β. α, β and B_bus: mean ± 95% interval "
               f"over {plural(nseeds, 'seed')} (each seed fitted on its own); misfit = (fitted − measured)/measured, "
               "mean over seeds.", "",
-              table(["n", "2(n−1)/n", "α (ms)", "B_bus (GB/s)", "rms misfit", "worst point", "oversubscribed"], rows), "",
+              table(["n", "2(n−1)/n", "α (ms)", "β (ns/byte)", "B_bus = 1/β (GB/s)", "rms misfit", "worst point",
+                     "oversubscribed"], rows), "",
               f"![measured and fitted all-reduce times]({PLOTS['allreduce']})", "",
               "Measured medians (ms; ± over seeds) and the misfit of the per-n fit at each point:", ""]
     head = ["S"] + [f"n = {n}" for n in ranks]
@@ -226,7 +232,7 @@ def report(results: dict) -> str:
               f"step time is the median over steps {cfg['skip_steps'] + 1}…{cfg['ddp_steps']} of the trainer's own clock "
               "(time_s logged every step). n = 1 is the same run with no process group: the compute. Prediction: "
               f"t(1) + t_comm(n), t_comm = {cfg['ddp_allreduce_calls']}·α_n + β_n·G·2(n − 1)/n ("
-              f"{cfg['ddp_allreduce_calls'] - 1} gradient bucket(s) at DDP's 1 MiB first / 25 MiB caps, plus the "
+              f"{plural(cfg['ddp_allreduce_calls'] - 1, 'gradient bucket')} at DDP's 1 MiB first / 25 MiB caps, plus the "
               "trainer's all-reduce of (loss, norm)), α_n and β_n from the same seed's fit at that n; the 'shared' "
               f"prediction multiplies the compute by max(1, n/{cores}), the slow-down of n one-thread ranks sharing "
               f"{plural(cores, 'core')} (stated before measuring; not fitted). Times in ms, ± over seeds.", "",
@@ -295,7 +301,7 @@ def _assumptions(a: dict) -> str:
     models = "; ".join(f"{k}: {m['n_params'] / 1e9:.0f}B parameters, {m['n_layer']} layers, d {m['d_model']}, "
                        f"context {m['seq_len']} ({m['source']})" for k, m in a["models"].items())
     return ("**Assumptions (every one a choice, not a measurement).** "
-            f"GPU {a['gpu']}, {a['peak_flops'] / 1e12:.0f} TFLOP/s dense BF16 ({a['gpu_source']}); MFU {a['mfu']:.0%} "
+            f"GPU {a['gpu']} (groundup.hardware's preset, the one `groundup cost` uses), {a['peak_flops'] / 1e12:.0f} TFLOP/s dense BF16 ({a['gpu_source']}); MFU {a['mfu']:.0%} "
             f"for the compute ({LLAMA3_MFU}); compute per step = training FLOPs per token (6N + attention, "
             "groundup.accounting) × tokens per GPU / (peak × MFU). Models: " + models + ". Pure data parallelism: DDP "
             "= one all-reduce of the gradients per step; FSDP (ZeRO-3) = all-gather of the parameters for the forward "
