@@ -114,3 +114,113 @@ def test_interconnect_presets_are_unidirectional_per_gpu():
 def test_bad_input_is_one_clear_error(call, match):
     with pytest.raises(ConfigError, match=match):
         call()
+
+
+# ---- `groundup cost --interconnect`: the projection on a cluster ---------------------------------
+def _cli(capsys, *args):
+    from groundup.cli import main
+
+    code = main(list(args))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_cluster_figures_by_hand():
+    from groundup import cost
+    from groundup.hardware import PRESETS
+
+    link = cluster.Interconnect("test link", 50e9, 0.0)
+    c = cost.cluster_figures(1e9, 6e9, PRESETS["H100"], 8, 0.4, link, "ddp", 0.0, 32768, 60.0, 600.0)
+    compute = 6e9 * 32768 / (989e12 * 0.4)  # 0.497 s per step per GPU
+    comm = 2e9 / 50e9 * 2 * 7 / 8  # all-reduce of 1e9 bf16 gradients over 8: 70 ms
+    assert c["compute_seconds"] == pytest.approx(compute, rel=1e-12)
+    assert [r["gpus"] for r in c["rows"]] == [1, 8]
+    here = c["rows"][-1]
+    assert here["comm_seconds"] == pytest.approx(comm, rel=1e-12)
+    assert here["efficiency"] == pytest.approx(compute / (compute + comm), rel=1e-12)
+    mtbf = 3600 / (8 * 419 / (16384 * 54 * 24))
+    tau = math.sqrt(2 * 60 * mtbf)
+    g = tau / (mtbf * math.exp(600 / mtbf) * (math.exp((tau + 60) / mtbf) - 1))  # Daly's exponential model
+    assert here["goodput"] == pytest.approx(g, rel=1e-12)
+    assert here["goodput_first_order"] == pytest.approx(tau / (tau + 60) * (1 - (600 + (tau + 60) / 2) / mtbf), rel=1e-12)
+    assert c["useful_fraction"] == pytest.approx(compute / (compute + comm) * g, rel=1e-12)
+    half = cost.cluster_figures(1e9, 6e9, PRESETS["H100"], 8, 0.4, link, "ddp", 0.5, 32768)
+    assert half["rows"][-1]["step_seconds"] == pytest.approx(compute + comm / 2, rel=1e-12)
+    assert "goodput" not in half["rows"][-1] and half["useful_fraction"] == half["rows"][-1]["efficiency"]
+
+
+def test_cli_cost_cluster_divides_the_bill_by_the_useful_fraction(capsys):
+    args = ["cost", "--params", "7B", "--gpus", "1024", "--interconnect", "infiniband", "--parallelism", "fsdp",
+            "--checkpoint-seconds", "60", "--restart-seconds", "600"]
+    code, text, err = _cli(capsys, *args)
+    assert code == 0, err
+    assert "exposed communication" in text and "scaling efficiency" in text and "goodput" in text and "Young" in text
+    code, raw, err = _cli(capsys, *args, "--json")
+    import json
+
+    f = json.loads(raw)
+    c = f["cluster"]
+    comm = 7e9 * 6 / 50e9 * 1023 / 1024 + 3 * 20e-6  # FSDP on InfiniBand NDR: 3 collectives of 14 GB, (n−1)/n
+    assert c["rows"][-1]["comm_seconds"] == pytest.approx(comm, rel=1e-12)
+    assert c["compute_seconds"] == pytest.approx(6 * 7e9 * 32768 / (989e12 * 0.4), rel=1e-12)  # 6·N·b / (peak·MFU)
+    assert c["gpu_hours"] == pytest.approx(f["gpu_hours"] / c["useful_fraction"], rel=1e-12)
+    assert c["dollars"] == pytest.approx(f["dollars"] / c["useful_fraction"], rel=1e-12)
+    assert 0 < c["useful_fraction"] < 1
+    assert [r["gpus"] for r in c["rows"]] == [1, 8, 64, 512, 1024]
+
+
+def test_cli_cost_cluster_where_failures_outpace_restarts(capsys):
+    """163,840 GPUs at Llama 3's rate fail every ~19 minutes; with 30-minute restarts the first-order
+    goodput is 0, the exponential model's is small but positive, and the bill is finite."""
+    import json
+
+    args = ["cost", "--params", "70B", "--gpus", "163840", "--interconnect", "infiniband",
+            "--checkpoint-seconds", "300", "--restart-seconds", "1800", "--json"]
+    code, raw, err = _cli(capsys, *args)
+    assert code == 0, err
+    here = json.loads(raw)["cluster"]["rows"][-1]
+    assert here["goodput_first_order"] == 0.0 and 0 < here["goodput"] < 0.1
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--params", "7B", "--interconnect", "nvlink", "--checkpoint-seconds", "60"], "--restart-seconds"),
+    (["--params", "7B", "--checkpoint-seconds", "60", "--restart-seconds", "6"], "--interconnect"),
+    (["--params", "7B", "--interconnect", "nvlink", "--overlap", "2"], "overlap"),
+    (["--params", "7B", "--interconnect", "nvlink", "--bus-bandwidth-gbs", "0"], "bus bandwidth gbs"),
+    (["--params", "7B", "--interconnect", "nvlink", "--latency-us", "-1"], "--latency-us"),
+])
+def test_cli_cost_cluster_bad_input_is_a_clean_error(capsys, args, fragment):
+    code, _, err = _cli(capsys, "cost", *args)
+    assert code == 2 and err.startswith("error:") and fragment in err, err
+
+
+def test_exponential_goodput_matches_a_simulation_and_the_first_order_model():
+    """Simulated Poisson failures (numpy's exponential draws, not our formula): each attempt at a
+    segment of τ + δ seconds fails after an exponential time; a failure costs the time spent plus a
+    restart R, itself open to failures."""
+    rng = np.random.default_rng(0)
+    tau, delta, restart, mtbf = 300.0, 60.0, 200.0, 900.0  # M comparable to the segment: no first order here
+    total, segments = 0.0, 20_000
+    for _ in range(segments):
+        while True:
+            t = rng.exponential(mtbf)
+            if t >= tau + delta:
+                total += tau + delta
+                break
+            total += t
+            while True:  # the restart, which a failure may interrupt too
+                r = rng.exponential(mtbf)
+                if r >= restart:
+                    total += restart
+                    break
+                total += r
+    simulated = segments * tau / total
+    exact = cluster.goodput_exponential(tau, delta, restart, mtbf)
+    # E[T] = M e^{R/M} (e^{(τ+δ)/M} − 1) = 900·e^{2/9}·(e^{0.4} − 1)
+    assert exact == pytest.approx(tau / (900 * math.exp(200 / 900) * (math.exp(0.4) - 1)), rel=1e-12)
+    assert simulated == pytest.approx(exact, rel=0.02)  # ~20k segments: the simulation's sd is < 0.5%
+    assert abs(cluster.goodput(tau, delta, restart, mtbf) - simulated) > 0.05  # the first-order model is off here
+    # and where failures are rare the two models agree to second order
+    g1, ge = cluster.goodput(1000.0, 10.0, 60.0, 1e6), cluster.goodput_exponential(1000.0, 10.0, 60.0, 1e6)
+    assert abs(g1 - ge) < ((1010 + 60) / 1e6) ** 2
+    assert cluster.goodput_exponential(1000.0, 50.0, 100.0, 300.0) > 0  # never clipped

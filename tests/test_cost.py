@@ -346,6 +346,10 @@ def _assert_every_printed_figure_is_in_the_json(text: str, data: dict) -> None:
     ["--model", "mixtral-8x7b", "--gpus", "64"],
     ["--model", "gpt4-rumoured"],
     ["--params", "47B", "--active-params", "13B", "--tokens", "1T"],
+    ["--params", "7B", "--gpus", "1024", "--interconnect", "infiniband", "--parallelism", "fsdp", "--overlap", "0.5",
+     "--checkpoint-seconds", "60", "--restart-seconds", "600"],
+    ["--model", "llama3-405b", "--gpus", "16384", "--interconnect", "nvlink", "--bus-bandwidth-gbs", "370",
+     "--latency-us", "50", "--checkpoint-seconds", "30", "--restart-seconds", "900", "--failures-per-gpu-hour", "1e-4"],
 ])
 def test_cli_cost_json_holds_every_printed_figure(capsys, args):
     code, text, err = _cli(capsys, "cost", *args)

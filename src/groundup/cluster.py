@@ -149,9 +149,14 @@ GB = 1e9
 # (NVIDIA H100 Tensor Core GPU datasheet, 2023: "NVLink: 900GB/s"; 18 links × 50 GB/s), so 450 GB/s
 # each way: the peak for bus bandwidth. Measured point-to-point reaches ~83% of it (749 of 900 GB/s
 # bidirectional, NVIDIA/nccl issue #1264), so real busbw is lower than this preset.
-# InfiniBand NDR (between nodes): 400 Gb/s per port, one ConnectX-7 port per GPU in a DGX H100
-# (NVIDIA DGX H100 datasheet, 2023: 8 × single-port ConnectX-7, 400 Gb/s InfiniBand), so
-# 400/8 = 50 GB/s per GPU each way. A ring across nodes runs at the slowest link: this one.
+# (The MLCommons inference v4.1 system description of NVIDIA's H200 SXM ×8 lists the same link:
+# "18x 4th Gen NVLink, 900GB/s".)
+# InfiniBand NDR (between nodes): 400 Gb/s per port (NVIDIA's NDR transceiver specifications, e.g.
+# MMS4X00-NS400: "400Gb/s"), one ConnectX-7 port per GPU in a DGX H100 (NVIDIA DGX H100 datasheet,
+# 2023; the DGX BasePOD deployment guide configures eight InfiniBand compute interfaces per DGX H100),
+# so 400/8 = 50 GB/s per GPU each way. A ring across nodes runs at the slowest link: this one. Llama 3
+# ran on 400 Gb/s links between GPUs too (RoCE for 405B, InfiniBand for the smaller models; Dubey
+# et al. 2024, §3.3.1).
 # Latencies are assumptions (order of a small-message collective), not published figures; they
 # matter only for small messages.
 NVLINK = Interconnect("NVLink 4 (H100 SXM, intra-node)", 450 * GB, 10e-6,
@@ -217,3 +222,21 @@ def goodput(interval: float, checkpoint_seconds: float, restart_seconds: float, 
     _check_nonnegative(checkpoint_seconds=checkpoint_seconds, restart_seconds=restart_seconds)
     segment = interval + checkpoint_seconds
     return max(0.0, interval / segment * (1.0 - (restart_seconds + segment / 2.0) / mtbf_seconds))
+
+
+def goodput_exponential(interval: float, checkpoint_seconds: float, restart_seconds: float, mtbf_seconds: float) -> float:
+    """Goodput without the first-order approximation, for Poisson failures at rate 1/M that can
+    strike at any time, restarts included (Daly 2006, "A higher order estimate of the optimum
+    checkpoint interval", the exponential model): a segment of τ work + δ checkpoint takes on
+    average
+
+        E[T] = M · e^(R/M) · (e^((τ + δ)/M) − 1)          so   G = τ / E[T]   (never below 0).
+
+    Expanding to first order in (τ + δ)/M and R/M gives goodput()'s formula; unlike it, this one
+    stays meaningful when M is no longer large against τ + δ + R (G falls towards 0 but never
+    crosses it)."""
+    _check_positive(interval=interval, mtbf_seconds=mtbf_seconds)
+    _check_nonnegative(checkpoint_seconds=checkpoint_seconds, restart_seconds=restart_seconds)
+    m = mtbf_seconds
+    expected = m * math.exp(restart_seconds / m) * math.expm1((interval + checkpoint_seconds) / m)
+    return interval / expected

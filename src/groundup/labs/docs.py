@@ -25,6 +25,7 @@ LABS = {
     "moe": ("groundup.labs.moe.report", "moe.md"),
     "efficiency": ("groundup.labs.efficiency.report", "efficiency.md"),
     "comms": ("groundup.labs.comms.report", "comms.md"),
+    "wall": ("groundup.labs.wall.report", "wall.md"),
 }
 DOCS = Path("docs/labs")
 
