@@ -176,7 +176,7 @@ def _counts(text: str) -> tuple[int, ...]:
         values = tuple(int(v) for v in text.split(","))
     except ValueError:
         raise GroundupError(f"expected process counts separated by commas, e.g. 2,4,8; got {text!r}") from None
-    return values
+    return tuple(sorted(set(values)))
 
 
 def add_arguments(parser) -> None:
