@@ -102,6 +102,10 @@ def verdicts(results: dict) -> dict[str, str]:
     hit = all(abs(e["mean"]) <= PREDICTION_OK for _, e in rows)
     hit_shared = all(abs(e["mean"]) <= PREDICTION_OK for _, e in rows_shared)
     why = []
+    load = max(r["results"]["load_before"] for r in results["per_seed"])
+    if not hit and load > QUIET_LOAD:
+        why.append(f"the machine was shared (1-minute load average up to {load:.1f} when a seed started): each rank "
+                   "waits at every all-reduce for the other to get a core back, time the one-process run never pays")
     if not hit:
         if hit_shared or any(abs(e2["mean"]) < abs(e1["mean"]) for (_, e1), (_, e2) in zip(rows, rows_shared)):
             why.append(f"counting the cores shared by n one-thread ranks on {cores} cores (compute × max(1, n/{cores})) "
