@@ -219,6 +219,7 @@ LABS = {
     "geometry": ("groundup.labs.geometry", "sinusoidal positions as rotations, attention head kinds, embedding neighbours"),
     "moe": ("groundup.labs.moe", "mixture of experts: same-compute loss, balance, specialisation, k and E, cost"),
     "efficiency": ("groundup.labs.efficiency", "quantization frontier, distillation gap closed, distil then quantize"),
+    "comms": ("groundup.labs.comms", "all-reduce time vs size and ranks, the α–β ring fit, DDP step prediction, cluster projection"),
     "wall": ("groundup.labs.wall", "does 10× the capability cost 20–40× the money? scaling fit × MFU, comms, failures"),
     "data-wall": ("groundup.labs.data_wall", "repeated data (effective-data R*) and synthetic data (collapse: replace vs accumulate)"),
 }

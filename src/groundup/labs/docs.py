@@ -24,6 +24,7 @@ LABS = {
     "geometry": ("groundup.labs.geometry.report", "geometry.md"),
     "moe": ("groundup.labs.moe.report", "moe.md"),
     "efficiency": ("groundup.labs.efficiency.report", "efficiency.md"),
+    "comms": ("groundup.labs.comms.report", "comms.md"),
     "wall": ("groundup.labs.wall.report", "wall.md"),
     "data-wall": ("groundup.labs.data_wall.report", "data-wall.md"),
 }
