@@ -301,7 +301,8 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     tr.add_argument("--compile", action="store_true", help="torch.compile the model")
     tr.add_argument("--inject", action="append", metavar="FAULT@STEP",
                     help="testing: inject a fault (repeatable): nan@STEP, inf@STEP, spike@STEP, kill@STEP, "
-                         "kill@STEP:write|rename|publish|prune (SIGKILL mid-checkpoint); see docs/fault-tolerance.md")
+                         "kill@STEP:write|rename|publish|prune (SIGKILL mid-checkpoint), bitflip@STEP[:weight|:grad][:BIT] "
+                         "(one flipped bit: silent data corruption); see docs/fault-tolerance.md")
     tr.add_argument("--plan", action="store_true", help="don't train: print whether it fits, its FLOPs and projected time")
     tr.set_defaults(func=cmd_train)
 
