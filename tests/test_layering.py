@@ -25,7 +25,7 @@ LAYERS = [
     {"kernels"},
     {"data"},
     {"tokenizer"},
-    {"accounting", "report"},
+    {"accounting", "report", "cluster"},
     {"config", "util", "hardware"},
     {"errors"},
 ]
