@@ -231,6 +231,7 @@ LABS = {
     "geometry": ("groundup.labs.geometry", "sinusoidal positions as rotations, attention head kinds, embedding neighbours"),
     "moe": ("groundup.labs.moe", "mixture of experts: same-compute loss, balance, specialisation, k and E, cost"),
     "efficiency": ("groundup.labs.efficiency", "quantization frontier, distillation gap closed, distil then quantize"),
+    "failures": ("groundup.labs.failures", "goodput vs cluster size, Poisson kills under the supervisor, bit flips"),
 }
 
 

@@ -16,9 +16,10 @@ MTBF), drawn from random.Random(seed), and the clock runs across restarts (a fai
 during a restart, as on a cluster). `max_kills` caps how many.
 
 Every start and death is printed (stderr) and appended to RUN_DIR/supervise.jsonl (or `log`) with
-wall-clock times. Per attempt it also records `startup_s`, the seconds from the spawn to the first
-step the child logs beyond its starting point in metrics.jsonl (the restart cost R of the goodput
-model, exact with log_interval = 1), and the last step it logged.
+wall-clock times. Per attempt it also follows RUN_DIR/metrics.jsonl and records `startup_s`, the
+seconds from the spawn to the first step the child logs beyond its starting point (the restart cost
+R of the goodput model, exact with log_interval = 1), `last_step_s`, when it logged its last new
+step, and the last step it logged.
 
 Injected faults (`--inject`) belong to the first attempt only: restarts run `train --resume RUN_DIR`.
 One process per attempt (not torchrun).
@@ -59,6 +60,8 @@ class Attempt:
     start_step: int = 0  # the step it started from (the checkpoint state.json named at its spawn)
     last_step: int = 0  # the last step it logged in metrics.jsonl
     startup_s: float | None = None  # spawn → first step logged beyond start_step (None: it never got there)
+    first_step: int | None = None  # that first step
+    last_step_s: float | None = None  # spawn → the last new step it logged
 
 
 @dataclass
@@ -68,6 +71,7 @@ class SuperviseResult:
     wall_seconds: float
     attempts: list[Attempt] = field(default_factory=list)
     kills: int = 0  # simulated failures delivered
+    kill_times: list[float] = field(default_factory=list)  # when (seconds after the supervisor started)
     reason: str = ""
 
     @property
@@ -76,7 +80,7 @@ class SuperviseResult:
 
     def to_dict(self) -> dict:
         return {"run_dir": str(self.run_dir), "exit_code": self.exit_code, "wall_seconds": self.wall_seconds,
-                "restarts": self.restarts, "kills": self.kills, "reason": self.reason,
+                "restarts": self.restarts, "kills": self.kills, "kill_times": self.kill_times, "reason": self.reason,
                 "attempts": [asdict(a) for a in self.attempts]}
 
 
@@ -122,11 +126,46 @@ def _logged_step(path: Path) -> int:
     return best
 
 
-def _size(path: Path) -> int:
-    try:
-        return path.stat().st_size
-    except FileNotFoundError:
-        return -1
+class _StepWatch:
+    """Follows metrics.jsonl while a child appends to it: each new highest step, and when. What the
+    file held at the spawn is stale (a resumed child first rewrites it up to its checkpoint, as a new
+    file), so it is ignored until the file is replaced."""
+
+    def __init__(self, path: Path, start_step: int):
+        self.path, self.step = path, start_step
+        try:
+            self.stale = path.stat().st_ino
+        except FileNotFoundError:
+            self.stale = None
+        self.inode, self.offset, self.partial = None, 0, b""
+        self.first: tuple[int, float] | None = None  # (step, seconds)
+        self.last_s: float | None = None
+
+    def poll(self, seconds: float) -> None:
+        try:
+            st = self.path.stat()
+        except FileNotFoundError:
+            return
+        if st.st_ino == self.stale:
+            return
+        if st.st_ino != self.inode or st.st_size < self.offset:
+            self.inode, self.offset, self.partial = st.st_ino, 0, b""
+        if st.st_size == self.offset:
+            return
+        with open(self.path, "rb") as f:
+            f.seek(self.offset)
+            data = f.read()
+        self.offset += len(data)
+        *lines, self.partial = (self.partial + data).split(b"\n")
+        for line in lines:
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(record, dict) and "loss" in record and isinstance(record.get("step"), int) and record["step"] > self.step:
+                self.step = record["step"]
+                self.first = self.first or (self.step, seconds)
+                self.last_s = seconds
 
 
 def _checkpoint_step(run_dir: Path) -> int:
@@ -177,28 +216,28 @@ def supervise(train_argv: list[str], *, kill_rate: float = 0.0, seed: int = 0, m
         result.attempts.append(attempt)
         say(f"supervise: [{stamp()}] attempt {attempt.number}: groundup {' '.join(argv)}")
         record("start", attempt=attempt.number, argv=argv, start_step=attempt.start_step)
-        size = _size(metrics)  # its lines beyond start_step are stale until the child truncates them
+        watch = _StepWatch(metrics, attempt.start_step)
         spawned = time.monotonic()
         child = subprocess.Popen([python, "-m", "groundup", *argv], stdout=stdout, stderr=stdout,
                                  env={**os.environ, **(env or {})})
         while child.poll() is None:
             now = time.monotonic()
-            if attempt.startup_s is None:  # watch for its first new step
-                current = _size(metrics)
-                if current != size:
-                    size = current
-                    if _logged_step(metrics) > attempt.start_step:
-                        attempt.startup_s = round(now - spawned, 4)
+            watch.poll(now - spawned)
             if now - t0 >= next_kill:
                 if max_kills is None or result.kills < max_kills:
                     child.send_signal(signal.SIGKILL)
                     attempt.killed = True
                     result.kills += 1
+                    result.kill_times.append(round(now - t0, 4))
                     record("kill", attempt=attempt.number, kill=result.kills)
                 next_kill += rng.expovariate(kill_rate)
             time.sleep(poll)
         code = child.returncode
         attempt.seconds = round(time.monotonic() - spawned, 4)
+        watch.poll(attempt.seconds)  # (what it logged just before it ended)
+        if watch.first is not None:
+            attempt.first_step, attempt.startup_s = watch.first[0], round(watch.first[1], 4)
+            attempt.last_step_s = round(watch.last_s, 4)
         attempt.last_step = _logged_step(metrics)
         if code < 0:
             attempt.signal = signal.Signals(-code).name

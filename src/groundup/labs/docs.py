@@ -24,6 +24,7 @@ LABS = {
     "geometry": ("groundup.labs.geometry.report", "geometry.md"),
     "moe": ("groundup.labs.moe.report", "moe.md"),
     "efficiency": ("groundup.labs.efficiency.report", "efficiency.md"),
+    "failures": ("groundup.labs.failures.report", "failures.md"),
 }
 DOCS = Path("docs/labs")
 

@@ -12,7 +12,7 @@ from groundup.labs import harness
 from groundup.labs.failures import projection, report, sdc, validation
 
 LAB = "failures"
-VERSION = 1
+VERSION = report.VERSION
 DEFAULT_SEEDS = 3
 DEFAULT_OUT = "runs/failures"
 

@@ -42,6 +42,8 @@ def sweep(gpus: list[int], checkpoint_seconds: list[float], restart_seconds: flo
             rows.append({"gpus": n, "checkpoint_s": delta, "mtbf_s": M, "young_interval_s": tau,
                          "goodput_young": goodput(tau, delta, restart_seconds, M),
                          "goodput_fixed": goodput(fixed_interval, delta, restart_seconds, M),
+                         "argmax_interval_s": argmax_interval(delta, restart_seconds, M),
+                         "goodput_argmax": goodput(argmax_interval(delta, restart_seconds, M), delta, restart_seconds, M),
                          "first_order_ok": tau + delta + restart_seconds < M / 4})
     return {"rows": rows}
 

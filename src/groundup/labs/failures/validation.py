@@ -2,25 +2,25 @@
 (groundup.supervise), which SIGKILLs it at Poisson times and restarts it with `--resume`; we measure
 the goodput and compare it with cluster.goodput for the same rates, checkpoint cost and restart cost.
 
-Measured, per seed:
-    t_step   seconds per training step: a run without kills or intermediate checkpoints, from its
-             metrics.jsonl (time_s of the last step − time_s of the first) / (steps − 1)
-    U        useful work = N · t_step (N = max_steps)
-    F        fixed cost of one start and one finish (start-up, final evaluation and save): T_ref − U,
-             T_ref the wall time of that uninterrupted run
+Every time is read on the supervisor's clock, inside the *training window* of a run: from the
+first step any attempt logs to the last step of the run (its one start-up and its final evaluation,
+save and plot are outside, the same for every run). Measured, per seed:
+    t_step   seconds per step: the window of a run without kills or intermediate checkpoints,
+             divided by the steps in it
     δ        checkpoint write time: save_checkpoint of this model's weights and Adam state (median of
              several writes, fsync included)
-    R        restart cost: spawn of a resumed attempt → its first new step logged (the supervisor's
-             startup_s; Python, torch, data and checkpoint loading), mean over all restarts of the seed
-Per supervised run (MTBF = m × the measured start-up time, so the experiment scales with the
+    R        restart cost: spawn of a restarted attempt → its first new step logged (the supervisor's
+             startup_s: Python, torch, data and checkpoint loading), mean over the seed's restarts
+Per supervised run (MTBF = m × the measured start-up time S, so the experiment scales with the
 machine: kill rate λ = 1/(m · S); checkpoint every k steps):
-    T        its wall time;  kills → measured rate λ̂ = kills / T
-    G_measured = U / (T − F)                 (fraction of the non-fixed wall time that was kept work)
+    W          its training window;  kills inside it → measured rate λ̂ = kills / W
+    G_measured = (steps in the window) · t_step / W
     G_model    = cluster.goodput(τ = k · t_step, δ, R, M = 1/λ̂)   (and with the nominal M = 1/λ)
 """
 
 from __future__ import annotations
 
+import math
 import statistics
 import sys
 import tempfile
@@ -37,7 +37,6 @@ from groundup.train import checkpoint as ckpt
 from groundup.train.engine import build_engine
 from groundup.train.step import train_step
 from groundup.train.trainer import load_data, resolve_vocab
-from groundup.util.metrics import read_metrics
 
 
 def overrides(s) -> list[str]:
@@ -71,9 +70,13 @@ def checkpoint_seconds(s, seed: int, directory: Path, repeats: int = 5) -> float
     return statistics.median(times)
 
 
-def step_seconds(run_dir: Path) -> float:
-    steps = [r for r in read_metrics(run_dir / "metrics.jsonl") if "loss" in r and "time_s" in r]
-    return (steps[-1]["time_s"] - steps[0]["time_s"]) / (steps[-1]["step"] - steps[0]["step"])
+def training_window(result) -> tuple[float, float, int]:
+    """(start, end, steps inside) of a supervised run's training window, in seconds after the
+    supervisor started: its first logged step to its last."""
+    progressed = [a for a in result.attempts if a.startup_s is not None]
+    first, last = progressed[0], progressed[-1]
+    start, end = first.started_s + first.startup_s, last.started_s + last.last_step_s
+    return start, end, last.last_step - first.first_step
 
 
 def run_validation(s, seed: int, say=print) -> dict:
@@ -84,9 +87,10 @@ def run_validation(s, seed: int, say=print) -> dict:
         ref = supervise(_argv(s, seed, root / "ref", 0), stdout=log, say=None, python=sys.executable)
         if ref.exit_code != 0:
             raise RuntimeError(f"the reference run failed: {(root / 'train.log').read_text()[-2000:]}")
-        t_step = step_seconds(root / "ref")
-        useful = s.val_steps * t_step
-        fixed = ref.wall_seconds - useful
+        start, end, n = training_window(ref)
+        if n < 2:
+            raise RuntimeError(f"the validation run is too short to time its steps ({s.val_steps} steps)")
+        t_step = (end - start) / n
         fresh_startup = ref.attempts[0].startup_s
         say(f"validation: step {t_step * 1e3:.1f} ms, checkpoint {delta * 1e3:.1f} ms, start-up {fresh_startup:.2f} s, "
             f"uninterrupted {ref.wall_seconds:.1f} s")
@@ -97,23 +101,25 @@ def run_validation(s, seed: int, say=print) -> dict:
                                max_restarts=s.val_max_restarts, stdout=log, say=None, python=sys.executable)
             if result.exit_code not in (0, 1):  # (1: gave up after max_restarts: recorded, goodput still measured)
                 raise RuntimeError(f"a supervised run failed ({result.reason}): {(root / 'train.log').read_text()[-2000:]}")
-            restarts = [a.startup_s for a in result.attempts[1:] if a.startup_s is not None]
-            runs.append({"mtbf_multiple": multiple, "kill_rate": rate, "interval_steps": interval, "finished": result.exit_code == 0, "interval_s": interval * t_step,
-                         "wall_s": result.wall_seconds, "kills": result.kills, "restarts": result.restarts,
-                         "measured_rate": result.kills / result.wall_seconds, "restart_times": restarts,
-                         "goodput_measured": (useful if result.exit_code == 0 else 0.0) / (result.wall_seconds - fixed)})
+            start, end, n = training_window(result)
+            kills = sum(start <= t <= end for t in result.kill_times)
+            restarts = [a.startup_s for a in result.attempts[1:] if a.startup_s is not None and a.started_s >= start]
+            runs.append({"mtbf_multiple": multiple, "kill_rate": rate, "interval_steps": interval,
+                         "finished": result.exit_code == 0, "interval_s": interval * t_step, "wall_s": result.wall_seconds,
+                         "window_s": end - start, "kills": kills, "restarts": result.restarts,
+                         "measured_rate": kills / (end - start), "restart_times": restarts,
+                         "goodput_measured": n * t_step / (end - start)})
             say(f"validation: MTBF {1 / rate:.1f} s, checkpoint every {interval} steps: {result.wall_seconds:.1f} s, "
                 f"{result.kills} kills, goodput {runs[-1]['goodput_measured']:.3f}")
     all_restarts = [r for run in runs for r in run["restart_times"]]
     restart = statistics.mean(all_restarts) if all_restarts else fresh_startup
     for run in runs:
         tau = run["interval_s"]
-        measured_mtbf = 1 / run["measured_rate"] if run["kills"] else float("inf")
+        measured_mtbf = 1 / run["measured_rate"] if run["kills"] else math.inf
         run["goodput_model"] = goodput(tau, delta, restart, measured_mtbf) if run["kills"] else tau / (tau + delta)
         run["goodput_model_nominal"] = goodput(tau, delta, restart, 1 / run["kill_rate"])
         run["error"] = run["goodput_measured"] - run["goodput_model"]
         run["restart_s"] = statistics.mean(run["restart_times"]) if run["restart_times"] else restart
         del run["restart_times"]
     return {"step_s": t_step, "checkpoint_s": delta, "startup_s": fresh_startup, "restart_s": restart,
-            "restart_count": len(all_restarts), "useful_s": useful, "fixed_s": fixed, "reference_wall_s": ref.wall_seconds,
-            "runs": runs}
+            "restart_count": len(all_restarts), "reference_wall_s": ref.wall_seconds, "runs": runs}
