@@ -266,7 +266,7 @@ def test_goodput_falls_with_cluster_size_and_young_is_near_the_argmax():
 
 # ---- the report, from results alone -----------------------------------------------------------------
 def _fake_seed(seed: int, error: float = 0.01, harmful_unseen: bool = False) -> dict:
-    runs = [{"mtbf_multiple": m, "kill_rate": 0.1, "interval_steps": k, "finished": True, "interval_s": 0.2,
+    runs = [{"mtbf_multiple": m, "kill_rate": 0.1, "interval_steps": k, "finished": True, "interval_s": 0.2, "step_s": 0.02, "checkpoint_s": 0.03,
              "wall_s": 20.0 + seed, "window_s": 15.0 + seed, "kills": 2 + seed, "restarts": 2 + seed, "measured_rate": 0.1,
              "goodput_measured": 0.7 + error + 0.01 * seed, "goodput_model": 0.7 + 0.01 * seed,
              "goodput_model_nominal": 0.7, "error": error, "restart_s": 2.0} for m, k in [[4, 10], [10, 100]]]
@@ -316,3 +316,30 @@ def test_bad_lab_arguments_are_one_line(capsys, tmp_path):
     assert capsys.readouterr().err.startswith("error: --flips must be at least 1")
     assert cli.main(["lab", "failures", "--report-from", str(tmp_path / "none.json")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+# ---- under DDP: what a cross-rank comparison can and cannot see ------------------------------------
+@pytest.mark.slow
+@pytest.mark.parametrize("target, in_sync", [("weight", False), ("grad", True)])
+def test_under_ddp_a_weight_flip_makes_the_ranks_differ_and_a_gradient_flip_does_not(tmp_path, target, in_sync):
+    """2 CPU ranks (gloo), one flip on rank 0. A weight flipped in rank 0's memory: the ranks' weights
+    differ at the end (train.distributed.weights_in_sync, SHA-256 across ranks). A gradient flipped on
+    rank 0 is all-reduced: both ranks apply the same corrupted update and stay identical, so no
+    cross-rank check can see it."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable))
+    args = [a for s in ["n_layer=1", "n_head=2", "n_embd=16", "block_size=16", "batch_size=2", "max_steps=4",
+                        "eval_iters=1", "checkpoint_interval=0", "threads=1"] for a in ("--set", s)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    r = subprocess.run([torchrun, "--nproc_per_node=2", f"--master_port={29541 + (target == 'grad')}", "-m", "groundup",
+                        "train", *args, "--inject", f"bitflip@2:{target}:mantissa", "--out", str(tmp_path / "ddp")],
+                       capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    [flip] = events(tmp_path / "ddp", "bitflip")
+    assert flip["target"] == target and flip["step"] == 2
+    assert ("weights identical on all 2 ranks" in r.stdout) == in_sync, r.stdout
+    assert ("warning: weights differ between the 2 ranks" in r.stdout) == (not in_sync), r.stdout

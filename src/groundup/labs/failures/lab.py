@@ -35,7 +35,7 @@ class Settings:
     val_block: int = 64
     val_batch: int = 8
     val_steps: int = 1000
-    val_grid: list = field(default_factory=lambda: [[4, 10], [4, 100], [10, 10], [10, 100]])
+    val_grid: list = field(default_factory=lambda: [[4, 10], [4, 100], [8, 10], [8, 100]])
     val_max_restarts: int = 40
     # 3. silent data corruption: a tiny character model, flips after a warm-up
     sdc_layers: int = 2
@@ -55,7 +55,7 @@ class Settings:
 
     @classmethod
     def quick(cls, **changes) -> "Settings":
-        small = dict(val_steps=200, val_grid=[[4, 20]], sdc_warmup=60, sdc_flips_per_cell=4, sdc_clean_steps=40,
+        small = dict(val_steps=300, val_grid=[[2, 20]], sdc_warmup=60, sdc_flips_per_cell=4, sdc_clean_steps=40,
                      sdc_calibration_steps=20)
         return cls(**{**small, **changes})
 

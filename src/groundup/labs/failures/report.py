@@ -20,6 +20,12 @@ HARMFUL = 0.01  # nats of val-loss change after the horizon: a flip this harmful
 YOUNG_MATCH = 0.005  # goodput at Young's τ within this of the model's optimum (where first order holds)
 
 
+def _ms(summary: dict) -> dict:
+    scale = lambda v: None if v is None else v * 1e3  # noqa: E731
+    return {**summary, "mean": summary["mean"] * 1e3,
+            "ci95": None if summary["ci95"] is None else [scale(v) for v in summary["ci95"]]}
+
+
 def _flips(results: dict) -> list[dict]:
     return [f for d in results["detail"] for f in d["flips"]]
 
@@ -153,17 +159,21 @@ def report(results: dict) -> str:
     val = agg["validation"]
     lines += ["", "## 2. The model against real runs here", "",
               f"A {cfg['val_layers']}-layer, {cfg['val_embd']}-wide character model, {cfg['val_steps']} steps, under "
-              "`groundup supervise`. Measured per seed (± is the 95% interval over seeds): step "
-              f"{stat(val['step_s'], '.4f')} s; checkpoint write δ {stat(val['checkpoint_s'], '.4f')} s; fresh start-up "
+              "`groundup supervise`. Measured per seed (± is the 95% interval over seeds), in the uninterrupted run: step "
+              f"{stat(val['step_s'], '.4f')} s; checkpoint write δ timed directly {stat(val['checkpoint_s'], '.4f')} s; fresh start-up "
               f"{stat(val['startup_s'], '.2f')} s; restart R {stat(val['restart_s'], '.2f')} s. All times are read inside each "
               "run's training window, from the first step it logs to its last (one start-up and the final evaluation "
               "and save are outside, alike for every run). Goodput measured = (steps in the window) × step time / window; "
-              "the model is cluster.goodput with τ = k × step time, the measured δ and R, and M = window / (kills in it) "
+              "the model is cluster.goodput with τ = k × step time, δ and the step time read from the run's own surviving "
+              "steps (the median time of a step, and the median extra time of a step that follows a save), the seed's "
+              "mean restart time R, and M = window / (kills in it) "
               "('nominal': M = 1/λ, the rate asked for). The MTBF asked for is a multiple of the measured start-up time, "
               "so the experiment keeps its shape on a slower or busier machine.", "",
               f"![validation]({PLOTS['validation']})", "",
-              table(["MTBF asked", "checkpoint every", "kills", "window (s)", "measured", "model", "model (nominal M)", "error"],
-                    [[f"{cfg['val_grid'][k][0]}× start-up", f"{cfg['val_grid'][k][1]} steps", short(r["kills"], ".1f"),
+              table(["MTBF asked", "checkpoint every", "step (ms)", "δ in run (ms)", "kills", "window (s)", "measured", "model",
+                     "model (nominal M)", "error"],
+                    [[f"{cfg['val_grid'][k][0]}× start-up", f"{cfg['val_grid'][k][1]} steps", short(_ms(r["step_s"]), ".1f"),
+                      short(_ms(r["checkpoint_s"]), ".1f") if "checkpoint_s" in r else "–", short(r["kills"], ".1f"),
                       short(r["window_s"], ".1f"), short(r["goodput_measured"]), short(r["goodput_model"]),
                       short(r["goodput_model_nominal"]), short(r["error"], ".3f", True)] for k, r in enumerate(val["runs"])])]
 

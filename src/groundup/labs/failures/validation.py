@@ -7,15 +7,17 @@ first step any attempt logs to the last step of the run (its one start-up and it
 save and plot are outside, the same for every run). Measured, per seed:
     t_step   seconds per step: the window of a run without kills or intermediate checkpoints,
              divided by the steps in it
-    δ        checkpoint write time: save_checkpoint of this model's weights and Adam state (median of
-             several writes, fsync included)
+    δ        checkpoint write time, directly: save_checkpoint of this model's weights and Adam state
+             (median of several writes, fsync included); the model uses each run's own δ (below)
     R        restart cost: spawn of a restarted attempt → its first new step logged (the supervisor's
              startup_s: Python, torch, data and checkpoint loading), mean over the seed's restarts
 Per supervised run (MTBF = m × the measured start-up time S, so the experiment scales with the
 machine: kill rate λ = 1/(m · S); checkpoint every k steps):
+    t, δ       its own step and checkpoint times, from the time_s of the steps that survived
+               (lineage_timing: median step; median excess of a step that follows a save)
     W          its training window;  kills inside it → measured rate λ̂ = kills / W
-    G_measured = (steps in the window) · t_step / W
-    G_model    = cluster.goodput(τ = k · t_step, δ, R, M = 1/λ̂)   (and with the nominal M = 1/λ)
+    G_measured = (steps in the window) · t / W
+    G_model    = cluster.goodput(τ = k · t, δ, R, M = 1/λ̂)   (and with the nominal M = 1/λ)
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from groundup.train import checkpoint as ckpt
 from groundup.train.engine import build_engine
 from groundup.train.step import train_step
 from groundup.train.trainer import load_data, resolve_vocab
+from groundup.util.metrics import read_metrics
 
 
 def overrides(s) -> list[str]:
@@ -79,6 +82,19 @@ def training_window(result) -> tuple[float, float, int]:
     return start, end, last.last_step - first.first_step
 
 
+def lineage_timing(run_dir: Path, interval: int) -> tuple[float, float | None]:
+    """(step time, checkpoint time) from the run's own metrics.jsonl, the steps that survived: the
+    per-step differences of time_s (the run's training clock, carried across resumes); the step time
+    is their median, the checkpoint time the median excess of the steps right after a checkpointed
+    step (the save runs between them). Read from the run itself, so a machine whose load drifts
+    between runs does not skew the comparison."""
+    steps = sorted((r["step"], r["time_s"]) for r in read_metrics(run_dir / "metrics.jsonl") if "loss" in r and "time_s" in r)
+    diffs = {b: tb - ta for (a, ta), (b, tb) in zip(steps, steps[1:]) if b == a + 1}
+    t_step = statistics.median(diffs.values())
+    after_save = [d for b, d in diffs.items() if interval and (b - 1) % interval == 0 and b > 1]
+    return t_step, (statistics.median(after_save) - t_step) if after_save else None
+
+
 def run_validation(s, seed: int, say=print) -> dict:
     with tempfile.TemporaryDirectory(prefix="groundup-failures-") as tmp:
         root = Path(tmp)
@@ -102,22 +118,25 @@ def run_validation(s, seed: int, say=print) -> dict:
             if result.exit_code not in (0, 1):  # (1: gave up after max_restarts: recorded, goodput still measured)
                 raise RuntimeError(f"a supervised run failed ({result.reason}): {(root / 'train.log').read_text()[-2000:]}")
             start, end, n = training_window(result)
+            t_run, delta_run = lineage_timing(root / f"run{j}", interval)
             kills = sum(start <= t <= end for t in result.kill_times)
             restarts = [a.startup_s for a in result.attempts[1:] if a.startup_s is not None and a.started_s >= start]
             runs.append({"mtbf_multiple": multiple, "kill_rate": rate, "interval_steps": interval,
-                         "finished": result.exit_code == 0, "interval_s": interval * t_step, "wall_s": result.wall_seconds,
+                         "finished": result.exit_code == 0, "step_s": t_run, "checkpoint_s": delta_run,
+                         "interval_s": interval * t_run, "wall_s": result.wall_seconds,
                          "window_s": end - start, "kills": kills, "restarts": result.restarts,
                          "measured_rate": kills / (end - start), "restart_times": restarts,
-                         "goodput_measured": n * t_step / (end - start)})
+                         "goodput_measured": n * t_run / (end - start)})
             say(f"validation: MTBF {1 / rate:.1f} s, checkpoint every {interval} steps: {result.wall_seconds:.1f} s, "
                 f"{result.kills} kills, goodput {runs[-1]['goodput_measured']:.3f}")
     all_restarts = [r for run in runs for r in run["restart_times"]]
     restart = statistics.mean(all_restarts) if all_restarts else fresh_startup
     for run in runs:
         tau = run["interval_s"]
+        d = max(0.0, run["checkpoint_s"]) if run["checkpoint_s"] is not None else delta  # (a noisy median can dip below 0)
         measured_mtbf = 1 / run["measured_rate"] if run["kills"] else math.inf
-        run["goodput_model"] = goodput(tau, delta, restart, measured_mtbf) if run["kills"] else tau / (tau + delta)
-        run["goodput_model_nominal"] = goodput(tau, delta, restart, 1 / run["kill_rate"])
+        run["goodput_model"] = goodput(tau, d, restart, measured_mtbf) if run["kills"] else tau / (tau + d)
+        run["goodput_model_nominal"] = goodput(tau, d, restart, 1 / run["kill_rate"])
         run["error"] = run["goodput_measured"] - run["goodput_model"]
         run["restart_s"] = statistics.mean(run["restart_times"]) if run["restart_times"] else restart
         del run["restart_times"]
