@@ -47,7 +47,7 @@ class Settings:
     sdc_warmup: int = 200
     sdc_horizon: int = 10  # steps watched after each flip
     sdc_clean_steps: int = 100  # clean steps watched for false alarms
-    sdc_flips_per_cell: int = 20  # flips per (weight|grad) × (sign|exponent|mantissa)
+    sdc_flips_per_cell: int = 20  # flips per (weight|grad) × (sign|exponent|mantissa|exponent bit 30)
     sdc_probe_batches: int = 1
     sdc_eval_batches: int = 4
     sdc_calibration_steps: int = 30
@@ -95,7 +95,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--quick", action="store_true", help="1 seed, one supervised run, few flips: under 2 minutes")
     harness.add_arguments(parser, DEFAULT_SEEDS, DEFAULT_OUT)
     parser.add_argument("--seed", type=int, default=0, help="the first seed; seed k is SEED + k")
-    parser.add_argument("--flips", type=int, help="bit flips per (weight|grad) × (sign|exponent|mantissa) cell")
+    parser.add_argument("--flips", type=int, help="bit flips per (weight|grad) × (sign|exponent|mantissa|exponent bit 30) cell (default 20)")
     parser.add_argument("--restart-seconds", type=float, help="the projection's restart time R (default 600)")
 
 

@@ -12,7 +12,8 @@ from groundup.report.plots import new_figure, save_figure
 PLOTS = {"goodput": "failures_goodput_vs_gpus.png", "interval": "failures_interval_vs_gpus.png",
          "validation": "failures_validation.png", "sdc": "failures_sdc.png"}
 TARGETS = ("weight", "grad")
-CLASSES = ("sign", "exponent", "mantissa")
+CLASSES = ("sign", "exponent", "mantissa", "30")  # (the strata: "30" = the top exponent bit alone)
+LABELS = {"sign": "sign", "exponent": "exponent (random bit)", "mantissa": "mantissa", "30": "exponent bit 30 (top)"}
 MECHANISMS = ("guard", "probe", "gnorm", "checksum")
 VERSION = 1  # (the lab's version: docs.py skips a results file of another)
 AGREEMENT = 0.05  # |measured − predicted goodput| the validation accepts
@@ -31,7 +32,7 @@ def _flips(results: dict) -> list[dict]:
 
 
 def _pooled(flips: list[dict], target: str, kind: str) -> dict:
-    cell = [f for f in flips if f["target"] == target and f["class"] == kind]
+    cell = [f for f in flips if f["target"] == target and f.get("stratum", f["class"]) == kind]
     n = len(cell)
     out = {"n": n}
     for m in MECHANISMS:
@@ -90,7 +91,7 @@ def verdicts(results: dict) -> dict[str, str]:
 
     flips = _flips(results)
     cells = {(t, c): _pooled(flips, t, c) for t in TARGETS for c in CLASSES}
-    caught = "; ".join(f"{t} {c}: {x['guard']}/{x['n']}" for (t, c), x in cells.items())
+    caught = "; ".join(f"{t} {LABELS[c]}: {x['guard']}/{x['n']}" for (t, c), x in cells.items() if x["n"])
     out["guards"] = (f"The existing guards caught {sum(x['guard'] for x in cells.values())} of {len(flips)} single-bit flips "
                      f"(pooled over seeds; {caught}). They see only a non-finite or spiking loss/norm: a flip that "
                      "leaves the loss finite and near its average passes. Refuted (guards sufficient) if no flip they "
@@ -188,16 +189,16 @@ def report(results: dict) -> str:
               "caught; 'harm' is the largest |val-loss change| after the horizon among the guard-missed flips.", "",
               f"![sdc]({PLOTS['sdc']})", "",
               table(["target", "bits", "flips", "guard", "probe", "gnorm", "checksum", "missed → caught", "harm (nats)"],
-                    [[t, c, x["n"], x["guard"], x["probe"], x["gnorm"], x["checksum"],
+                    [[t, LABELS[c], x["n"], x["guard"], x["probe"], x["gnorm"], x["checksum"],
                       f"{x['missed_caught']}/{x['guard_missed']}", f"{x['missed_harm_max']:.2g}"]
-                     for t in TARGETS for c in CLASSES for x in [_pooled(flips, t, c)]]), ""]
+                     for t in TARGETS for c in CLASSES for x in [_pooled(flips, t, c)] if x["n"]]), ""]
     by_bit = {}
     for f in flips:
-        if f["class"] == "exponent" and f["bit"] is not None:
+        if f["class"] == "exponent" and f["bit"] is not None:  # (both strata: the random bits and bit 30)
             by_bit.setdefault((f["target"], f["bit"]), []).append(f)
     lines += ["Exponent flips by bit (bit 30 is float32's top exponent bit: a weight below 2 in magnitude becomes "
               "about 2^128 times larger):", "",
-              table(["target", "bit", "flips", "guard", "probe", "gnorm", "largest |value after|"],
+              table(["target", "bit", "flips", "guard", "probe", "gnorm", "largest magnitude after"],
                     [[t, b, len(fs), *[sum(f["delay"][m] is not None for f in fs) for m in ("guard", "probe", "gnorm")],
                       f"{max(abs(f['after']) for f in fs):.3g}"] for (t, b), fs in sorted(by_bit.items())]), "",
               "The checksum is the one-process stand-in for DDP's cross-rank comparison "
@@ -248,7 +249,7 @@ def plots(results: dict, out) -> list[Path]:
 
     flips = _flips(results)
     fig, ax = new_figure("Single-bit flips: fraction caught", "target / bits", "fraction caught within the horizon")
-    labels = [f"{t}\n{c}" for t in TARGETS for c in CLASSES]
+    labels = [f"{t}\n{LABELS[c]}" for t in TARGETS for c in CLASSES]
     width = 0.2
     for k, m in enumerate(MECHANISMS):
         values = []

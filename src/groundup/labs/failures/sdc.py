@@ -37,13 +37,16 @@ from groundup.config import load_config
 from groundup.data import BatchSampler
 from groundup.train import checkpoint as ckpt
 from groundup.train.engine import build_engine
-from groundup.train.guards import BIT_CLASSES, FLIP_TARGETS, Fault, FaultInjector, Guard, bits_of_class
+from groundup.train.guards import BIT_CLASSES, FLIP_TARGETS, Fault, FaultInjector, Guard
 from groundup.train.loop import Hooks, fit
 from groundup.train.schedule import lr_at
 from groundup.train.step import Verdict
 from groundup.train.trainer import fixed_batches, load_data, resolve_vocab
 
 MECHANISMS = ("guard", "probe", "gnorm", "checksum")
+# the flips' strata: a random bit of each class, and float32's top exponent bit alone (the one that
+# multiplies a weight below 2 in magnitude by 2^128: 1 in 8 of the exponent class, sampled apart)
+STRATA = (*BIT_CLASSES, "30")
 EMA_DECAY = 0.9
 
 
@@ -114,8 +117,8 @@ def _config(s, seed: int):
 
 
 def _flip_plan(s, seed: int) -> list[tuple[str, str]]:
-    """(target, bit class) for every flip: the same number of each pair, in a seeded order."""
-    plan = [(t, c) for t in FLIP_TARGETS for c in BIT_CLASSES for _ in range(s.sdc_flips_per_cell)]
+    """(target, stratum) for every flip: the same number of each pair, in a seeded order."""
+    plan = [(t, c) for t in FLIP_TARGETS for c in STRATA for _ in range(s.sdc_flips_per_cell)]
     random.Random(seed).shuffle(plan)
     return plan
 
@@ -169,6 +172,7 @@ def run_sdc(s, seed: int, say=print) -> dict:
             first = {m: (watch.fired[m][0] - (W + 1)) if watch.fired[m] else None for m in MECHANISMS}
             reason = watch.guard_reasons[0] if watch.guard_reasons else None
             flips.append({**{k2: record.get(k2) for k2 in ("target", "class", "bit", "name", "index", "before", "after")},
+                          "stratum": kind,
                           "delay": first, "guard_reason": None if reason is None else
                           ("non-finite" if "non-finite" in reason else "spike" if "spike" in reason else "diverged"),
                           "val_loss_change": (val_loss - clean_val) if math.isfinite(val_loss) else None})
@@ -180,13 +184,13 @@ def run_sdc(s, seed: int, say=print) -> dict:
 
 
 def summarize_flips(flips: list[dict]) -> dict:
-    """Per target and bit class: how many flips, the fraction each mechanism caught (within the
+    """Per target and stratum (bit class, or the top exponent bit alone): how many flips, the fraction each mechanism caught (within the
     horizon), the fraction the guard missed that the probe caught, and the harm of those nobody caught."""
     out = {}
     for target in FLIP_TARGETS:
         out[target] = {}
-        for kind in BIT_CLASSES:
-            cell = [f for f in flips if f["target"] == target and f["class"] == kind]
+        for kind in STRATA:
+            cell = [f for f in flips if f["target"] == target and f.get("stratum", f["class"]) == kind]
             n = len(cell)
             if not n:
                 continue
@@ -207,11 +211,3 @@ def summarize_flips(flips: list[dict]) -> dict:
                 "guard_missed_harm_max": max(harm_guard) if harm_guard else 0.0,
             }
     return out
-
-
-def weighted_by_bits(summary: dict, target: str, key: str, dtype=torch.float32) -> float:
-    """A class-stratified rate turned into the rate for a uniformly random bit: weights 1, 8, 23 of
-    32 for float32's sign, exponent and mantissa."""
-    total = sum(len(bits_of_class(c, dtype)) for c in BIT_CLASSES)
-    return sum(summary[target][c][key] * len(bits_of_class(c, dtype)) / total for c in BIT_CLASSES if c in summary[target])
-
