@@ -55,7 +55,7 @@ class Settings:
 
     @classmethod
     def quick(cls, **changes) -> "Settings":
-        small = dict(val_steps=300, val_grid=[[2, 20]], sdc_warmup=60, sdc_flips_per_cell=4, sdc_clean_steps=40,
+        small = dict(val_steps=300, val_grid=[[3, 20]], sdc_warmup=60, sdc_flips_per_cell=4, sdc_clean_steps=40,
                      sdc_calibration_steps=20)
         return cls(**{**small, **changes})
 
