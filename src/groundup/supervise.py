@@ -182,10 +182,11 @@ def _stderr(message: str) -> None:
 def supervise(train_argv: list[str], *, kill_rate: float = 0.0, seed: int = 0, max_restarts: int = 10,
               max_kills: int | None = None, log: str | os.PathLike | None = None, python: str = sys.executable,
               stdout=None, say: Callable[[str], None] | None = _stderr, poll: float = 0.01,
-              env: dict | None = None) -> SuperviseResult:
+              env: dict | None = None, kills_from_attempt: int = 1) -> SuperviseResult:
     """Run `python -m groundup TRAIN_ARGV…` until it finishes, restarting it with `--resume` after
     each death (see the module docstring). `stdout`: a file for the children's output (None: this
-    process's). Returns every attempt, with times."""
+    process's). `kills_from_attempt`: the simulated failures' clock starts with that attempt's spawn
+    (default: the first). Returns every attempt, with times."""
     _check(kill_rate, max_restarts, max_kills)
     run_dir = run_dir_of(list(train_argv))
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -193,7 +194,7 @@ def supervise(train_argv: list[str], *, kill_rate: float = 0.0, seed: int = 0, m
     say = say or (lambda message: None)
     rng = random.Random(seed)
     t0 = time.monotonic()
-    next_kill = rng.expovariate(kill_rate) if kill_rate > 0 else math.inf
+    next_kill = math.inf
     result = SuperviseResult(run_dir, 1, 0.0)
 
     def record(event: str, **fields) -> None:
@@ -218,6 +219,8 @@ def supervise(train_argv: list[str], *, kill_rate: float = 0.0, seed: int = 0, m
         record("start", attempt=attempt.number, argv=argv, start_step=attempt.start_step)
         watch = _StepWatch(metrics, attempt.start_step)
         spawned = time.monotonic()
+        if kill_rate > 0 and attempt.number == kills_from_attempt:
+            next_kill = spawned - t0 + rng.expovariate(kill_rate)
         child = subprocess.Popen([python, "-m", "groundup", *argv], stdout=stdout, stderr=stdout,
                                  env={**os.environ, **(env or {})})
         while child.poll() is None:
