@@ -249,7 +249,8 @@ def plots(results: dict, out) -> list[Path]:
 
     flips = _flips(results)
     fig, ax = new_figure("Single-bit flips: fraction caught", "target / bits", "fraction caught within the horizon")
-    labels = [f"{t}\n{LABELS[c]}" for t in TARGETS for c in CLASSES]
+    short_names = {"sign": "sign", "exponent": "exp.\n(random)", "mantissa": "mant.", "30": "exp.\nbit 30"}
+    labels = [f"{t}\n{short_names[c]}" for t in TARGETS for c in CLASSES]
     width = 0.2
     for k, m in enumerate(MECHANISMS):
         values = []
@@ -260,7 +261,7 @@ def plots(results: dict, out) -> list[Path]:
         ax.bar([i + (k - 1.5) * width for i in range(len(labels))], values, width, label=m)
     ax.set_xticks(range(len(labels)))
     ax.set_xticklabels(labels, fontsize=7)
-    ax.set_ylim(0, 1.05)
-    ax.legend(fontsize=7)
+    ax.set_ylim(0, 1.15)
+    ax.legend(fontsize=7, loc="upper left", ncol=4)
     paths.append(save_figure(fig, out / PLOTS["sdc"]))
     return paths
