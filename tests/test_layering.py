@@ -17,7 +17,7 @@ LAYERS = [
     {"cli"},
     {"serve", "demo"},
     {"labs", "cost", "distill"},
-    {"sample", "interop"},
+    {"sample", "interop", "supervise"},
     {"quantize"},
     {"train"},
     {"engines"},

@@ -209,6 +209,18 @@ def cmd_demo(args) -> int:
     return 0
 
 
+# ---- supervise ------------------------------------------------------------------------------
+def cmd_supervise(args) -> int:
+    from groundup.supervise import supervise
+
+    command = list(args.command or [])
+    if command[:1] == ["--"]:
+        command = command[1:]
+    result = supervise(command, kill_rate=args.kill_rate, seed=args.seed, max_restarts=args.max_restarts,
+                       max_kills=args.max_kills, log=args.log)
+    return result.exit_code
+
+
 # ---- labs and the cost calculator ---------------------------------------------------------------
 # Each lab lives in its own module with `add_arguments(parser)` and `run(args) -> int`; the CLI only
 # registers it here (imported lazily, so `groundup --help` stays fast).
@@ -222,6 +234,7 @@ LABS = {
     "comms": ("groundup.labs.comms", "all-reduce time vs size and ranks, the α–β ring fit, DDP step prediction, cluster projection"),
     "wall": ("groundup.labs.wall", "does 10× the capability cost 20–40× the money? scaling fit × MFU, comms, failures"),
     "data-wall": ("groundup.labs.data_wall", "repeated data (effective-data R*) and synthetic data (collapse: replace vs accumulate)"),
+    "failures": ("groundup.labs.failures", "goodput vs cluster size, Poisson kills under the supervisor, bit flips"),
 }
 
 
@@ -304,7 +317,8 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     tr.add_argument("--compile", action="store_true", help="torch.compile the model")
     tr.add_argument("--inject", action="append", metavar="FAULT@STEP",
                     help="testing: inject a fault (repeatable): nan@STEP, inf@STEP, spike@STEP, kill@STEP, "
-                         "kill@STEP:write|rename|publish|prune (SIGKILL mid-checkpoint); see docs/fault-tolerance.md")
+                         "kill@STEP:write|rename|publish|prune (SIGKILL mid-checkpoint), bitflip@STEP[:weight|:grad][:BIT] "
+                         "(one flipped bit: silent data corruption); see docs/fault-tolerance.md")
     tr.add_argument("--plan", action="store_true", help="don't train: print whether it fits, its FLOPs and projected time")
     tr.set_defaults(func=cmd_train)
 
@@ -372,6 +386,21 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     de.add_argument("--new-tokens", type=int, default=300)
     de.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config field")
     de.set_defaults(func=cmd_demo)
+
+    su = sub.add_parser("supervise", help="run `groundup train`, restart it with --resume when it dies; simulate failures",
+                        description="Run `groundup train ...` as a child process and restart it with `--resume` "
+                                    "after each death (signal or crash), up to --max-restarts; with --kill-rate, "
+                                    "SIGKILL it at Poisson-distributed times to simulate failures. Example: groundup "
+                                    "supervise --kill-rate 0.05 --seed 1 -- train --config configs/x.toml --out runs/x")
+    su.add_argument("--kill-rate", type=float, default=0.0, metavar="PER_SECOND",
+                    help="simulated failures: SIGKILL the run at Poisson times, this many per second on average "
+                         "(mean time between failures = 1/rate); default 0 (none)")
+    su.add_argument("--seed", type=int, default=0, help="seed of the failure times")
+    su.add_argument("--max-restarts", type=int, default=10, help="give up (exit 1) after this many restarts")
+    su.add_argument("--max-kills", type=int, default=None, help="deliver at most this many simulated failures")
+    su.add_argument("--log", default=None, help="the JSON-lines log of starts and deaths (default RUN_DIR/supervise.jsonl)")
+    su.add_argument("command", nargs=argparse.REMAINDER, help="-- train ... --out RUN_DIR (the training command)")
+    su.set_defaults(func=cmd_supervise)
 
     lab = sub.add_parser("lab", help="experiments that turn claims about LLMs into measurements")
     lab_sub = lab.add_subparsers(dest="lab", metavar="LAB", required=True)

@@ -27,6 +27,7 @@ LABS = {
     "comms": ("groundup.labs.comms.report", "comms.md"),
     "wall": ("groundup.labs.wall.report", "wall.md"),
     "data-wall": ("groundup.labs.data_wall.report", "data-wall.md"),
+    "failures": ("groundup.labs.failures.report", "failures.md"),
 }
 DOCS = Path("docs/labs")
 

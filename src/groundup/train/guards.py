@@ -21,6 +21,16 @@ Fault injection, for tests and demonstrations (`groundup train --inject nan@12`)
     kill@S:PHASE     SIGKILL while the checkpoint of step S (0: the first) is being written; PHASE:
                      write (temp dir half written) | rename (temp dir complete, not yet renamed) |
                      publish (renamed; top-level files half swapped) | prune (before old ones go)
+    bitflip@S[:weight|:grad][:BIT]
+                     silent data corruption: flip one bit of one element of a trainable parameter
+                     (weight, the default: in memory, just before step S's forward) or of its
+                     gradient (grad: as step S's backward produces it, before the norm and the
+                     update). The element is uniform over all parameters' elements and the bit
+                     uniform over the dtype's bits, both drawn from a generator seeded by the run's
+                     seed and the fault; BIT fixes the bit (0 = lowest mantissa bit, 31 = float32's
+                     sign) or its class: sign | exponent | mantissa. Every flip is recorded in
+                     metrics.jsonl (event "bitflip": parameter, element, bit, value before and after).
+                     Rank 0 only, like a fault in one GPU's memory.
     KIND@A-B         every step from A to B
 
 Each injected fault fires once, so a run rolled back past step S does not meet it again; repeat a
@@ -31,28 +41,34 @@ from __future__ import annotations
 
 import math
 import os
+import random
 import re
 import signal
 from dataclasses import dataclass, field
 
+import torch
+
 from groundup.errors import ConfigError
 from groundup.train.step import Verdict
 
-KINDS = ("nan", "inf", "spike", "kill")
+KINDS = ("nan", "inf", "spike", "kill", "bitflip")
 CHECKPOINT_PHASES = ("write", "rename", "publish", "prune")
+FLIP_TARGETS = ("weight", "grad")
+BIT_CLASSES = ("sign", "exponent", "mantissa")
 SPIKE_WARMUP = 10  # good steps (since start or resume) before spikes are judged
 EMA_DECAY = 0.9  # loss reference: ema ← 0.9·ema + 0.1·loss
-_SPEC = re.compile(r"^(?P<kind>[a-z]+)@(?P<first>\d+)(?:-(?P<last>\d+))?(?::(?P<phase>[a-z]+))?$")
+_SPEC = re.compile(r"^(?P<kind>[a-z]+)@(?P<first>\d+)(?:-(?P<last>\d+))?(?::(?P<phase>[a-z]+))?(?::(?P<bit>[a-z0-9]+))?$")
 
 
 @dataclass(frozen=True)
 class Fault:
-    kind: str  # nan | inf | spike | kill
+    kind: str  # nan | inf | spike | kill | bitflip
     step: int  # the step (1-based, as logged) it hits
-    phase: str | None = None  # kill only: None = after the update, else a CHECKPOINT_PHASES entry
+    phase: str | None = None  # kill: None = after the update, else a CHECKPOINT_PHASES entry; bitflip: weight | grad
+    bit: str | None = None  # bitflip only: None = any bit, "0".."63" = that bit, or a BIT_CLASSES entry
 
     def __str__(self) -> str:
-        return f"{self.kind}@{self.step}" + (f":{self.phase}" if self.phase else "")
+        return f"{self.kind}@{self.step}" + (f":{self.phase}" if self.phase else "") + (f":{self.bit}" if self.bit else "")
 
 
 def parse_faults(specs) -> list[Fault]:
@@ -65,23 +81,98 @@ def parse_faults(specs) -> list[Fault]:
         m = _SPEC.match(str(spec).strip())
         if not m or m["kind"] not in KINDS:
             raise ConfigError(f"--inject {spec!r} is not a fault; expected KIND@STEP with KIND one of "
-                              f"{', '.join(KINDS)} (e.g. nan@12, spike@20-22, kill@30:publish)")
-        first, last, phase = int(m["first"]), int(m["last"] or m["first"]), m["phase"]
-        if first < (0 if phase else 1) or last < first:
+                              f"{', '.join(KINDS)} (e.g. nan@12, spike@20-22, kill@30:publish, bitflip@40:grad)")
+        kind, first, last, phase, bit = m["kind"], int(m["first"]), int(m["last"] or m["first"]), m["phase"], m["bit"]
+        if first < (0 if phase and kind == "kill" else 1) or last < first:
             raise ConfigError(f"--inject {spec!r}: steps count from 1 (0 only for the first checkpoint, "
                               "kill@0:PHASE) and a range A-B needs A ≤ B")
-        if phase is not None and (m["kind"] != "kill" or phase not in CHECKPOINT_PHASES):
-            raise ConfigError(f"--inject {spec!r}: only kill takes a phase, one of {', '.join(CHECKPOINT_PHASES)}")
-        faults.extend(Fault(m["kind"], s, phase) for s in range(first, last + 1))
+        if kind == "bitflip":
+            phase = phase or "weight"
+            if phase not in FLIP_TARGETS:
+                raise ConfigError(f"--inject {spec!r}: a bitflip hits a weight or a grad (bitflip@STEP:weight, "
+                                  f"bitflip@STEP:grad), not {phase!r}")
+            if bit is not None and bit not in BIT_CLASSES and not (bit.isdigit() and int(bit) < 64):
+                raise ConfigError(f"--inject {spec!r}: the bit is a number 0-63 (0 = lowest mantissa bit) or one of "
+                                  f"{', '.join(BIT_CLASSES)}, e.g. bitflip@40:weight:30 or bitflip@40:grad:exponent")
+        else:
+            if bit is not None:
+                raise ConfigError(f"--inject {spec!r}: only bitflip takes a bit (bitflip@STEP:weight|grad:BIT)")
+            if phase is not None and (kind != "kill" or phase not in CHECKPOINT_PHASES):
+                raise ConfigError(f"--inject {spec!r}: only kill takes a phase, one of {', '.join(CHECKPOINT_PHASES)}")
+        faults.extend(Fault(kind, s, phase, bit) for s in range(first, last + 1))
     return faults
 
 
-class FaultInjector:
-    """Fires each injected fault once, at its step (and phase)."""
+# ---- silent data corruption: one flipped bit ---------------------------------------------------
+# IEEE 754 layouts: (total bits, exponent bits, mantissa bits); bit 0 is the lowest mantissa bit,
+# the top bit the sign.  value = (−1)^s · 2^(e − bias) · 1.m
+FLOAT_LAYOUTS = {torch.float64: (64, 11, 52), torch.float32: (32, 8, 23), torch.float16: (16, 5, 10),
+                 torch.bfloat16: (16, 8, 7)}
+_INT_VIEWS = {64: torch.int64, 32: torch.int32, 16: torch.int16}
 
-    def __init__(self, faults, rank: int = 0):
+
+def _layout(dtype: torch.dtype) -> tuple[int, int, int]:
+    if dtype not in FLOAT_LAYOUTS:
+        raise ConfigError(f"bit flips need a floating-point tensor (float64/32/16, bfloat16), not {dtype}")
+    return FLOAT_LAYOUTS[dtype]
+
+
+def bit_class(bit: int, dtype: torch.dtype = torch.float32) -> str:
+    """'sign' | 'exponent' | 'mantissa': which field of `dtype` bit number `bit` (0 = lowest) lies in."""
+    total, _, mantissa = _layout(dtype)
+    if not 0 <= bit < total:
+        raise ConfigError(f"bit {bit} is outside a {total}-bit {dtype}")
+    return "sign" if bit == total - 1 else "exponent" if bit >= mantissa else "mantissa"
+
+
+def bits_of_class(kind: str, dtype: torch.dtype = torch.float32) -> list[int]:
+    total, _, mantissa = _layout(dtype)
+    return {"sign": [total - 1], "exponent": list(range(mantissa, total - 1)), "mantissa": list(range(mantissa))}[kind]
+
+
+def flip_bit_(tensor: torch.Tensor, index: int, bit: int) -> tuple[float, float]:
+    """XOR bit `bit` of element `index` (flat, row-major) of `tensor`, in place, on its raw bits.
+    Returns (value before, value after)."""
+    total, _, _ = _layout(tensor.dtype)
+    if not 0 <= bit < total:
+        raise ConfigError(f"bit {bit} is outside a {total}-bit {tensor.dtype}")
+    flat = tensor.detach().view(-1)  # (a view: the parameter itself changes)
+    before = float(flat[index])
+    mask = (1 << bit) - ((1 << total) if bit == total - 1 else 0)  # the sign bit as a negative signed integer
+    with torch.no_grad():
+        raw = flat[index : index + 1].view(_INT_VIEWS[total])
+        raw.bitwise_xor_(torch.tensor(mask, dtype=raw.dtype, device=raw.device))
+    return before, float(flat[index])
+
+
+def choose_flip(rng: random.Random, sizes: list[tuple[str, int]], dtype: torch.dtype, bit: str | None = None) -> tuple[str, int, int]:
+    """(parameter name, flat element index, bit): the element uniform over all elements of `sizes`
+    [(name, numel), …], the bit uniform over the dtype's bits (or over the class `bit` names, or that bit)."""
+    k = rng.randrange(sum(n for _, n in sizes))
+    for name, n in sizes:
+        if k < n:
+            break
+        k -= n
+    total, _, _ = _layout(dtype)
+    if bit is None:
+        chosen = rng.randrange(total)
+    elif bit in BIT_CLASSES:
+        chosen = rng.choice(bits_of_class(bit, dtype))
+    else:
+        chosen = int(bit)
+        bit_class(chosen, dtype)  # in range for this dtype
+    return name, k, chosen
+
+
+class FaultInjector:
+    """Fires each injected fault once, at its step (and phase). `seed` (the run's) seeds the choice
+    of element and bit of each bit flip, so a rerun flips the same bit."""
+
+    def __init__(self, faults, rank: int = 0, seed: int = 0):
         self.pending = list(parse_faults(faults))
         self.rank = rank
+        self.seed = seed
+        self.flips: list[dict] = []  # records of fired bit flips not yet taken by take_flips()
 
     def _take(self, kind: str, step: int, phase: str | None = None) -> bool:
         for k, f in enumerate(self.pending):
@@ -113,6 +204,45 @@ class FaultInjector:
         if not any(f.kind == "kill" and f.step == step and f.phase for f in self.pending):
             return None
         return lambda phase: self._take("kill", step, phase) and _sigkill()
+
+
+    def bitflips(self, step: int, model: torch.nn.Module) -> None:
+        """Step `step`'s bit flips in `model`'s trainable parameters: a weight flip now (before the
+        step's forward), a gradient flip armed as a hook that fires when backward produces that
+        parameter's gradient (so the norm, the guard and the update all see it). Rank 0 only."""
+        if self.rank != 0 or not any(f.kind == "bitflip" and f.step == step for f in self.pending):
+            return
+        params = dict((n, p) for n, p in model.named_parameters() if p.requires_grad)
+        sizes = [(n, p.numel()) for n, p in params.items()]
+        for fault in [f for f in self.pending if f.kind == "bitflip" and f.step == step]:
+            self._take("bitflip", step, fault.phase)
+            rng = random.Random(f"{self.seed}:{fault}:{len(self.flips)}")
+            name, index, bit = choose_flip(rng, sizes, next(iter(params.values())).dtype, fault.bit)
+            param = params[name]
+            record = {"target": fault.phase, "name": name, "index": index, "bit": bit,
+                      "class": bit_class(bit, param.dtype), "fault": str(fault)}
+            if fault.phase == "weight":
+                record["before"], record["after"] = flip_bit_(param, index, bit)
+                self.flips.append(record)
+            else:
+                self._arm_grad_flip(param, index, bit, record)
+
+    def _arm_grad_flip(self, param: torch.Tensor, index: int, bit: int, record: dict) -> None:
+        handle = None
+
+        def hook(grad: torch.Tensor) -> torch.Tensor:
+            handle.remove()  # once: the first micro-batch's gradient
+            grad = grad.clone()
+            record["before"], record["after"] = flip_bit_(grad, index, bit)
+            self.flips.append(record)
+            return grad
+
+        handle = param.register_hook(hook)
+
+    def take_flips(self) -> list[dict]:
+        """The bit flips fired since the last call (for the run's metrics)."""
+        flips, self.flips = self.flips, []
+        return flips
 
 
 def _sigkill() -> None:

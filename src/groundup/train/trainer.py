@@ -137,6 +137,8 @@ def train(config: RunConfig, run_dir: str | Path, resume: bool = False, progress
     if t.engine == "numpy":
         if faults:
             raise ConfigError("--inject (fault injection) works with the torch engine only")
+    if t.parallel == "fsdp" and any(f.kind == "bitflip" for f in faults):
+        raise ConfigError("--inject bitflip works on one process or under DDP, not FSDP (its parameters are shards)")
         numpy_training.check_train_config(config)
     run_dir = Path(run_dir)
     if resume and ckpt.is_quantized(run_dir):
@@ -185,7 +187,7 @@ class _Run(Hooks):
         self.config, self.run_dir, self.engine, self.sampler, self.info, self.stop = config, run_dir, engine, sampler, info, stop
         self.metrics = MetricsLogger(run_dir / "metrics.jsonl", enabled=info.is_main)
         self.guard = Guard.from_config(t, m.vocab_size)
-        self.injector = FaultInjector(faults, info.rank)
+        self.injector = FaultInjector(faults, info.rank, seed=t.seed)
         self.tokens_per_step = t.batch_size * m.block_size * t.grad_accum_steps * info.world_size
         peak = peak_flops(device)
         self.peak_total = peak * info.world_size if peak else None
@@ -206,6 +208,7 @@ class _Run(Hooks):
 
     def before_step(self, step: int) -> None:
         self.corrupt = self.injector.loss_fault(step + 1, self.config.train.spike_factor)
+        self.injector.bitflips(step + 1, self.engine.model)
 
     def check(self, step: int, loss: float, grad_norm: float):
         return self.guard.check(step, loss, grad_norm)
@@ -265,6 +268,8 @@ class _Run(Hooks):
     def after_step(self, step: int, result: StepResult) -> int | None:
         t, verdict = self.config.train, result.verdict
         self.step = step
+        for flip in self.injector.take_flips():  # silent: recorded, not announced
+            self.metrics.log(step=step, event="bitflip", **flip)
         if verdict.action == "skip":
             self.metrics.log(step=step, event="skip", reason=verdict.reason)
             self.warn(f"skipped the update of step {step}: {verdict.reason}")
