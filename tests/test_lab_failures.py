@@ -286,9 +286,11 @@ def _fake_seed(seed: int, error: float = 0.01, harmful_unseen: bool = False) -> 
                     "false_alarms": {m: 0.0 for m in sdc.MECHANISMS}, "summary": sdc.summarize_flips(flips), "detail": flips}}
 
 
-def _fake_results(**kwargs) -> dict:
+def _fake_results(errors=None, **kwargs) -> dict:
     s = lab.Settings(val_grid=[[4, 10], [10, 100]])
-    per_seed = [{"seed": seed, "seconds": 1.0, "results": _fake_seed(seed, **kwargs)} for seed in range(3)]
+    per_seed = [{"seed": seed, "seconds": 1.0,
+                 "results": _fake_seed(seed, **(kwargs if errors is None else {**kwargs, "error": errors[seed]}))}
+                for seed in range(3)]
     return lab.make_results(s, [0, 1, 2], per_seed, "default", 10.0)
 
 
@@ -307,6 +309,9 @@ def test_report_regenerates_from_results_alone(tmp_path, capsys):
 def test_the_verdicts_can_fail():
     v = report.verdicts(_fake_results(error=0.2))
     assert v["validation"].startswith("NOT supported")
+    # Mean error 0, but the seeds spread it over ±0.2: consistent with the model, yet not resolved.
+    v = report.verdicts(_fake_results(errors=[-0.2, 0.0, 0.2]))
+    assert v["validation"].startswith("Not resolved")
     v = report.verdicts(_fake_results(harmful_unseen=True))
     assert v["detectors"].startswith("NOT supported")
 
