@@ -16,7 +16,7 @@ LAYERS = [
     {"__main__"},
     {"cli"},
     {"serve", "demo"},
-    {"labs", "cost", "distill"},
+    {"labs", "cost", "distill", "align"},
     {"sample", "interop"},
     {"quantize"},
     {"train"},

@@ -327,6 +327,10 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     di.add_argument("--device", help="auto, cpu, cuda, cuda:N, mps (teacher and student)")
     di.set_defaults(func=cmd_distill)
 
+    al = sub.add_parser("align", help="tune a policy run toward a reward while staying near it (KL): reward model, DPO, RL",
+                        description="Alignment as an optimisation: J = E[r(x, y)] − β·KL(π ‖ π_ref) (issue #19).")
+    al_sub = al.add_subparsers(dest="action", metavar="ACTION", required=True)  # noqa: F841 (subcommands below)
+
     sa = sub.add_parser("sample", help="generate text from a trained run (streams as it goes)")
     sa.add_argument("--run", required=True, help="a run directory, e.g. runs/shakespeare_char")
     sa.add_argument("--prompt", default="", help="text to continue (empty: start from <|endoftext|> or a newline)")
