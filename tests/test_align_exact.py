@@ -14,6 +14,7 @@ from groundup.align import exact
 from groundup.config import ModelConfig
 from groundup.errors import GroundupError
 from groundup.model import GPT
+from groundup.train.align import sequence_logprobs
 
 
 def tiny_model(seed=0, vocab=5, block=8):
@@ -62,6 +63,18 @@ def test_continuation_logprobs_are_the_product_of_the_models_conditionals():
             direct = lp[:, 2:-1].gather(2, ids[:, 3:, None]).squeeze(2).sum(1)
             assert torch.allclose(logp[i], direct, atol=1e-6, rtol=0)  # float32 forwards in two batch shapes
         assert torch.allclose(logp.exp().sum(-1), torch.ones(2, dtype=torch.float64), atol=1e-6)
+
+
+def test_continuation_logprobs_agree_with_sequence_logprobs():
+    """The enumeration (one forward per prefix) against train/align.sequence_logprobs (one forward per
+    full sequence, align-core's code) on every continuation of length 2."""
+    model = tiny_model(2)
+    x = torch.tensor([2, 0, 1])
+    ys = exact.all_continuations(5, 2)
+    ids = torch.cat([x.expand(len(ys), 3), ys], 1)
+    with torch.no_grad():
+        theirs = sequence_logprobs(model, ids, 3).double()
+    assert torch.allclose(exact.continuation_logprobs(model, x, 2)[0], theirs, atol=1e-5, rtol=0)
 
 
 def test_optimum_normalises_and_beats_every_policy_gibbs():
@@ -151,7 +164,7 @@ def test_best_of_n_distribution_matches_simulation():
 def test_bad_inputs_get_clear_errors():
     logp_ref, rewards = table(6)
     for beta in (0.0, -1.0, float("nan"), float("inf")):
-        with pytest.raises(GroundupError, match="β must be a positive"):
+        with pytest.raises(GroundupError, match="must be a positive number"):
             exact.optimum(logp_ref, rewards, beta)
     with pytest.raises(GroundupError, match="too many to enumerate"):
         exact.all_continuations(65, 4)

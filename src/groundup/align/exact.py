@@ -35,14 +35,11 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from groundup.align.kl import categorical_kl
 from groundup.errors import GroundupError
+from groundup.train.align import check_beta
 
 MAX_CONTINUATIONS = 2_000_000  # V^L above this is not "enumerable" on a CPU in seconds
-
-
-def _check_beta(beta: float) -> None:
-    if not (isinstance(beta, (int, float)) and math.isfinite(beta) and beta > 0):
-        raise GroundupError(f"β must be a positive finite number (the weight of the KL term), got {beta!r}")
 
 
 def all_continuations(vocab_size: int, length: int) -> torch.Tensor:
@@ -123,7 +120,7 @@ def reward_table(reward: Callable[[torch.Tensor], torch.Tensor | Sequence[float]
 
 def log_partition(logp_ref: torch.Tensor, rewards: torch.Tensor, beta: float) -> torch.Tensor:
     """log Z(x) = log Σ_y π_ref(y|x)·exp(r(x, y)/β), per prompt (n,)."""
-    _check_beta(beta)
+    check_beta(beta)
     return torch.logsumexp(logp_ref + rewards / beta, dim=-1)
 
 
@@ -133,16 +130,14 @@ def optimal_logprobs(logp_ref: torch.Tensor, rewards: torch.Tensor, beta: float)
 
 
 def _kl(logp: torch.Tensor, logq: torch.Tensor) -> torch.Tensor:
-    """KL(p‖q) = Σ_y p(y)·(log p(y) − log q(y)) per row, with 0·log 0 = 0."""
-    p = logp.exp()
-    terms = torch.where(p > 0, p * (logp - logq), torch.zeros_like(p))
-    return terms.sum(-1)
+    """KL(p‖q) per row (align.kl.categorical_kl, 0·log 0 = 0): (n,)."""
+    return torch.tensor([categorical_kl(a.exp(), b.exp()) for a, b in zip(logp, logq)], dtype=torch.float64)
 
 
 def objective(logp: torch.Tensor, logp_ref: torch.Tensor, rewards: torch.Tensor, beta: float) -> dict:
     """J = E_π[r] − β·KL(π‖π_ref), exactly, for the policy whose table is `logp` (n, V^L); the per-prompt
     values and their means over prompts. Also KL(π‖π*) (= (J(π*) − J(π))/β, the gap)."""
-    _check_beta(beta)
+    check_beta(beta)
     p = logp.exp()
     reward = (p * rewards).sum(-1)
     kl = _kl(logp, logp_ref)
