@@ -219,6 +219,7 @@ LABS = {
     "geometry": ("groundup.labs.geometry", "sinusoidal positions as rotations, attention head kinds, embedding neighbours"),
     "moe": ("groundup.labs.moe", "mixture of experts: same-compute loss, balance, specialisation, k and E, cost"),
     "efficiency": ("groundup.labs.efficiency", "quantization frontier, distillation gap closed, distil then quantize"),
+    "alignment": ("groundup.labs.alignment", "reward–KL frontier of RL, DPO, best-of-n; over-optimisation; exact π*"),
 }
 
 

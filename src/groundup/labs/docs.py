@@ -24,6 +24,7 @@ LABS = {
     "geometry": ("groundup.labs.geometry.report", "geometry.md"),
     "moe": ("groundup.labs.moe.report", "moe.md"),
     "efficiency": ("groundup.labs.efficiency.report", "efficiency.md"),
+    "alignment": ("groundup.labs.alignment.report", "alignment.md"),
 }
 DOCS = Path("docs/labs")
 
