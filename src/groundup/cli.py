@@ -175,6 +175,41 @@ def cmd_distill(args) -> int:
     return EXIT_DIVERGED if result.stopped_by == "diverged" else 0
 
 
+# ---- align ------------------------------------------------------------------------------------
+def _align_settings(args):
+    from groundup.align.runs import AlignSettings
+
+    return AlignSettings(steps=args.steps, lr=args.lr, batch_size=args.batch_size, seed=args.seed,
+                         grad_clip=args.grad_clip, held_out=args.held_out, device=args.device)
+
+
+def cmd_align_reward(args) -> int:
+    from groundup.align.reward import reward_run
+
+    reward_run(args.run, args.prefs, args.out, _align_settings(args))
+    return 0
+
+
+def cmd_align_dpo(args) -> int:
+    from groundup.align.dpo import dpo_run
+
+    dpo_run(args.run, args.prefs, args.out, args.beta, _align_settings(args))
+    return 0
+
+
+def _add_align_training_options(p, steps: int, lr: float) -> None:
+    p.add_argument("--run", required=True, metavar="RUN_DIR", help="the reference policy π_ref, a trained run (unchanged)")
+    p.add_argument("--prefs", required=True, help="preference pairs from `groundup align preferences` (.jsonl)")
+    p.add_argument("--out", required=True, help="the new run directory (must not exist)")
+    p.add_argument("--steps", type=int, default=steps, help=f"optimizer steps (default {steps})")
+    p.add_argument("--lr", type=float, default=lr, help=f"constant AdamW learning rate (default {lr:g})")
+    p.add_argument("--batch-size", type=int, default=16, help="pairs per step (default 16)")
+    p.add_argument("--held-out", type=float, default=0.1, help="fraction of pairs kept out to evaluate on (default 0.1)")
+    p.add_argument("--grad-clip", type=float, default=1.0, help="max gradient norm, 0 = off (default 1)")
+    p.add_argument("--seed", type=int, default=0, help="the held-out split, the batches, the reward head's init")
+    p.add_argument("--device", default="cpu", help="cpu, auto, cuda, cuda:N, mps (default cpu)")
+
+
 # ---- sample, demo -----------------------------------------------------------------------------
 def cmd_sample(args) -> int:
     from groundup.sample import SamplingSettings, sample_text
@@ -329,7 +364,20 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
 
     al = sub.add_parser("align", help="tune a policy run toward a reward while staying near it (KL): reward model, DPO, RL",
                         description="Alignment as an optimisation: J = E[r(x, y)] − β·KL(π ‖ π_ref) (issue #19).")
-    al_sub = al.add_subparsers(dest="action", metavar="ACTION", required=True)  # noqa: F841 (subcommands below)
+    al_sub = al.add_subparsers(dest="action", metavar="ACTION", required=True)
+    ar = al_sub.add_parser("reward", help="train a reward model r(x, y) on preference pairs (Bradley–Terry)",
+                           description="A reward model (π_ref's trunk + a scalar head on the last token) trained with "
+                                       "−log σ(r_w − r_l) on preference pairs; reports held-out accuracy and agreement "
+                                       "with the gold judge. Writes a run directory plus align.json.")
+    _add_align_training_options(ar, steps=200, lr=1e-4)
+    ar.set_defaults(func=cmd_align_reward)
+    ad = al_sub.add_parser("dpo", help="Direct Preference Optimisation of a policy run on preference pairs",
+                           description="DPO (Rafailov et al. 2023): −log σ(β·[(log π_w − log ref_w) − (log π_l − "
+                                       "log ref_l)]) with π starting at π_ref and π_ref frozen. Writes a policy run "
+                                       "(sample it with `groundup sample`) plus align.json.")
+    ad.add_argument("--beta", type=float, required=True, help="β > 0, the KL weight (e.g. 0.1; larger stays closer to π_ref)")
+    _add_align_training_options(ad, steps=200, lr=1e-4)
+    ad.set_defaults(func=cmd_align_dpo)
 
     sa = sub.add_parser("sample", help="generate text from a trained run (streams as it goes)")
     sa.add_argument("--run", required=True, help="a run directory, e.g. runs/shakespeare_char")
