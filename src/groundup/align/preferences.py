@@ -93,7 +93,7 @@ def pairs_from_model(model, tokenizer, prompts: torch.Tensor, length: int, seed:
                 w, l = (0, 1) if a_wins[i] else (1, 0)
                 pairs.append(PreferencePair(chunk[i].tolist(), cont[2 * i + w].tolist(), cont[2 * i + l].tolist(),
                                             float(gold[i, w]), float(gold[i, l])))
-            bar.update(len(chunk), gold_agree=float(np.mean([p.gold_chosen >= p.gold_rejected for p in pairs])))
+            bar.update(len(chunk), gold_agree=gold_agreement(pairs)[0])
     finally:
         bar.close()
     return pairs
@@ -218,7 +218,10 @@ def as_tensors(pairs: list[PreferencePair]) -> tuple[torch.Tensor, torch.Tensor,
     return chosen, rejected, len(pairs[0].prompt)
 
 
-def gold_agreement(pairs: list[PreferencePair]) -> float:
-    """Fraction of pairs whose label agrees with the gold order (ties count as agreeing)."""
-    return float(np.mean([p.gold_chosen >= p.gold_rejected for p in pairs]))
+def gold_agreement(pairs: list[PreferencePair]) -> tuple[float, float]:
+    """(fraction of the pairs with different gold scores whose label agrees with the gold order
+    (nan when every pair ties), fraction of pairs whose gold scores tie)."""
+    untied = [p for p in pairs if p.gold_chosen != p.gold_rejected]
+    agree = float(np.mean([p.gold_chosen > p.gold_rejected for p in untied])) if untied else float("nan")
+    return agree, 1 - len(untied) / len(pairs) if pairs else float("nan")
 
