@@ -6,10 +6,12 @@
                the normalised sum s / √(s² + 15))
 
 Only the continuation is judged, not the prompt: the policy is rewarded for what it writes. Text with
-no lexicon word scores exactly 0, so a continuation must be long enough to hold words: for the char
-models this project trains, DEFAULT_LENGTH = 64 characters (≈ 10–12 words of Shakespeare) is the
-length every alignment command uses unless told otherwise; 16 characters would score 0 most of the
-time, and the reward would carry almost no signal.
+no lexicon word scores exactly 0, so a continuation must be long enough to hold words. For the char
+models this project trains (configs/shakespeare_char.toml: a 64-token context), DEFAULT_LENGTH = 48
+characters (≈ 8–10 words) after a 16-character prompt fills the context: on 400 random windows of
+the Shakespeare text itself, 58 % of 48-character windows score ≠ 0 (16 characters: 25 %,
+32: 43 %, 64: 67 %), so the reward carries signal on most samples. A model with a longer context can
+take --length 64.
 
 The vaderSentiment package (MIT) ships its lexicon inside the wheel: nothing is downloaded.
 """
@@ -18,7 +20,7 @@ from __future__ import annotations
 
 from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
 
-DEFAULT_LENGTH = 64  # tokens of continuation (characters for a char model): long enough to hold words
+DEFAULT_LENGTH = 48  # tokens of continuation (characters for a char model): long enough to hold words
 NAME = "vader-compound"  # what meta records and align.json name the gold reward
 
 

@@ -12,6 +12,11 @@ sequence's k1 (the log-ratios add); Σ_t k3_t (each token's r_t = π_ref(y_t|y_<
 also unbiased for the sequence KL, by the chain rule KL = Σ_t E[KL_t(·|y_<t)] and E[k3_t | y_<t] =
 KL_t; that is how groundup.align.rl reports it. Both must be taken on π's OWN samples: on anyone
 else's they estimate nothing.
+
+Unbiased is not the same as close on a finite sample: k3's mean relies on rare samples where π is
+small and π_ref large (r huge). Once π has moved far from π_ref (nearly deterministic where π_ref is
+not), a batch typically holds none of them and k3's sample mean sits well BELOW the KL, while k1 (the
+log-ratio itself) does not have that problem. k3 is the better estimator while π ≈ π_ref.
 """
 
 from __future__ import annotations
