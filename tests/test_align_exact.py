@@ -170,7 +170,7 @@ def test_bad_inputs_get_clear_errors():
         exact.all_continuations(65, 4)
     with pytest.raises(GroundupError, match="context window"):
         exact.continuation_logprobs(tiny_model(block=4), torch.tensor([[1, 2, 3, 4]]), 2)
-    with pytest.raises(GroundupError, match="n ≥ 1"):
+    with pytest.raises(GroundupError, match="n ≥ 1"):  # align.best_of_n.check_n
         exact.best_of_n_distribution(logp_ref, rewards, 0)
     with pytest.raises(GroundupError, match="non-finite"):
         exact.reward_table(lambda ids: torch.full((ids.shape[0],), float("nan")), [[1]], 3, 1)

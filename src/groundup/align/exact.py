@@ -17,12 +17,9 @@ the model's conditionals, r(x, y) for every y, then π*, Z, E_π*[r] and KL(π*�
 Sweeping β gives the exact reward–KL frontier no sampled method can beat; `exact_objective` places
 any policy model on it (J, E[r] and KL by enumeration).
 
-Best-of-n from π_ref has an exact distribution too: with the continuations ordered by reward and
-F(y) = π_ref(r(Y) ≤ r(y)), P(best = y) = (F(y)ⁿ − F(y⁻)ⁿ)·π_ref(y)/π_ref(tie group of y), where
-F(y⁻) = π_ref(r(Y) < r(y)) (ties broken by draw order, so within a tie group the winner is drawn ∝
-π_ref). Its KL to π_ref is at most log n − (n − 1)/n (Stiennon et al. 2020 quote the formula; Beirami
-et al. 2024 show it is an upper bound, tight when π_ref has no large atoms); `best_of_n_distribution`
-checks it on the enumerable set.
+Best-of-n from π_ref has an exact distribution too (groundup.align.best_of_n.exact_best_of_n, applied
+to each prompt's table): its KL to π_ref is at most log n − (n − 1)/n, tight only when π_ref has no
+large atoms; `best_of_n` puts the two side by side on the enumerable set.
 
 Tables are (n_prompts, V^L) tensors in float64, continuation index k = Σ_i y_i·V^(L−1−i) (the first
 token varies slowest), the order of `all_continuations`.
@@ -30,11 +27,11 @@ token varies slowest), the order of `all_continuations`.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 
 import torch
 
+from groundup.align.best_of_n import analytic_kl, exact_best_of_n
 from groundup.align.kl import categorical_kl
 from groundup.errors import GroundupError
 from groundup.train.align import check_beta
@@ -181,28 +178,11 @@ def exact_objective(policy_model, prompts, length: int, logp_ref: torch.Tensor, 
 
 
 def best_of_n_distribution(logp_ref: torch.Tensor, rewards: torch.Tensor, n: int) -> torch.Tensor:
-    """log P(best-of-n = y | x): draw n continuations from π_ref, keep the highest reward (ties: the
-    first drawn). (n_prompts, V^L); −inf where π_ref(y) = 0."""
-    if n < 1:
-        raise GroundupError(f"best-of-n needs n ≥ 1, got {n}")
-    out = torch.full_like(logp_ref, -math.inf)
-    for i in range(logp_ref.shape[0]):
-        p = logp_ref[i].exp()
-        r = rewards[i]
-        values, group = torch.unique(r, sorted=True, return_inverse=True)  # tie groups, ascending reward
-        mass = torch.zeros(values.shape[0], dtype=torch.float64).index_add_(0, group, p)
-        below = torch.cumsum(mass, 0) - mass  # F(y⁻): π_ref mass strictly below each group
-        upto = (below + mass).clamp(max=1.0)  # F(y)
-        group_win = upto**n - below**n  # P(the best drawn reward is this group's)
-        share = torch.where(mass[group] > 0, p / mass[group], torch.zeros_like(p))
-        prob = group_win[group] * share
-        out[i] = torch.where(prob > 0, prob.log(), torch.full_like(prob, -math.inf))
-    return out
-
-
-def best_of_n_kl_bound(n: int) -> float:
-    """log n − (n − 1)/n: the KL of best-of-n to π_ref as usually quoted (an upper bound)."""
-    return math.log(n) - (n - 1) / n
+    """log P(best-of-n = y | x) for every prompt row: draw n continuations from π_ref, keep the highest
+    reward (ties: the first drawn), by align.best_of_n.exact_best_of_n. (n_prompts, V^L); −inf where
+    the probability is 0."""
+    rows = [torch.from_numpy(exact_best_of_n(p, r, n)) for p, r in zip(logp_ref.exp().numpy(), rewards.numpy())]
+    return torch.stack(rows).log()
 
 
 def best_of_n(logp_ref: torch.Tensor, rewards: torch.Tensor, n: int) -> dict:
@@ -210,4 +190,4 @@ def best_of_n(logp_ref: torch.Tensor, rewards: torch.Tensor, n: int) -> dict:
     logp = best_of_n_distribution(logp_ref, rewards, n)
     p = logp.exp()
     return {"n": n, "reward": (p * rewards).sum(-1).mean().item(), "kl": _kl(logp, logp_ref).mean().item(),
-            "kl_bound": best_of_n_kl_bound(n)}
+            "kl_bound": analytic_kl(n)}

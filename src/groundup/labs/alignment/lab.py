@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from groundup.align import exact
+from groundup.align.best_of_n import analytic_kl
 from groundup.align.gold import DEFAULT_LENGTH, GoldJudge
 from groundup.align.kl import kl_k1, kl_k3
 from groundup.align.preferences import DEFAULT_BT_SCALE, PreferencePair, draw_labels, pairs_from_model
@@ -52,12 +53,12 @@ class Settings:
     base_layers: int = 2
     base_heads: int = 4
     base_embd: int = 64
-    block_size: int = 96
+    block_size: int = 64
     base_steps: int = 1500
     base_batch: int = 32
     base_lr: float = 3e-3
     prompt_len: int = 16
-    length: int = DEFAULT_LENGTH  # continuation characters the gold judge reads (64: long enough for words)
+    length: int = DEFAULT_LENGTH  # continuation characters the gold judge reads (align.gold: long enough for words)
     # preferences and the reward model r_φ
     n_pairs: int = 2000
     held_out: float = 0.1
@@ -212,11 +213,19 @@ def reward_model_quality(rm, pairs: list[PreferencePair], idx) -> dict:
 
 
 # ---- the policies ----------------------------------------------------------------------------------
+def fresh_policy(lab: Lab):
+    """π_θ = a trainable copy of π_ref (the methods freeze π_ref itself: the copy's flags are reset)."""
+    policy = copy.deepcopy(lab.ref)
+    for p in policy.parameters():
+        p.requires_grad_(True)
+    return policy
+
+
 def train_rl(lab: Lab, rm, pool: torch.Tensor, beta: float, seed: int, steps: int, length: int, prompts_per_step: int,
              samples: int, lr: float, on_step=None):
     """π_θ from π_ref by align.rl.rl_optimize (REINFORCE, leave-one-out baseline, KL folded into the
     return) toward r_φ; on_step(policy, record) after every step (the over-optimisation curve)."""
-    policy = copy.deepcopy(lab.ref)
+    policy = fresh_policy(lab)
     settings = RLSettings(beta=beta, steps=steps, prompts_per_step=prompts_per_step, samples_per_prompt=samples,
                           prompt_len=pool.shape[1], length=length, lr=lr, seed=seed)
     hook = None if on_step is None else (lambda record: on_step(policy, record))
@@ -227,7 +236,7 @@ def train_rl(lab: Lab, rm, pool: torch.Tensor, beta: float, seed: int, steps: in
 
 def train_dpo(lab: Lab, pairs_tensors, beta: float, seed: int, steps: int, batch: int, lr: float):
     """π_θ from π_ref by DPO (train/align.dpo_step_loss against the frozen π_ref) on the pairs, through fit."""
-    policy = copy.deepcopy(lab.ref)
+    policy = fresh_policy(lab)
     settings = AlignSettings(steps=steps, lr=lr, batch_size=batch, seed=seed, device=lab.s.device)
     engine = align_engine(policy, align_run_config(lab.config, settings), lab.device)
     torch.manual_seed(seed)
@@ -250,7 +259,7 @@ def best_of_n_sweep(lab: Lab, rm, prompts: torch.Tensor, seed: int) -> dict:
     for n in s.best_of_n:
         pick = proxy[:, :n].argmax(1, keepdim=True)
         out[str(n)] = {"n": n, "proxy": proxy.gather(1, pick).mean().item(), "gold": gold.gather(1, pick).mean().item(),
-                       "kl": exact.best_of_n_kl_bound(n)}
+                       "kl": analytic_kl(n)}
     return out
 
 
@@ -295,7 +304,7 @@ def exact_setting(lab: Lab, rm, seed: int, say=print) -> dict:
             logp_bon = exact.best_of_n_distribution(logp_ref, rewards, n)
             o = exact.objective(logp_bon, logp_ref, rewards, beta)
             bon[str(n)] = {"J": o["J"], "reward": o["reward"], "kl": o["kl"], "gap": o["gap"],
-                           "kl_bound": exact.best_of_n_kl_bound(n)}
+                           "kl_bound": analytic_kl(n)}
         row["best_of_n"] = bon
         best = max(bon.values(), key=lambda b: b["J"])
         row["best_of_n_best_J"] = best["J"]

@@ -83,8 +83,8 @@ def verdicts(results: dict) -> dict[str, str]:
     ok = lower(rm["gold_agreement"]) > 0.5
     out["reward model"] = (
         f"{'Supported' if ok else 'NOT supported'}: r_φ, trained on Bradley–Terry labels drawn from the gold judge, "
-        f"orders held-out pairs the way the gold judge does {stat(rm['gold_agreement'])} of the time (pairs whose gold "
-        f"scores differ; {_on(n)}), label accuracy {short(rm['label_accuracy'])} (the labels are noisy on purpose). "
+        f"orders held-out pairs whose gold scores differ the way the gold judge does: agreement "
+        f"{stat(rm['gold_agreement'])}; label accuracy {short(rm['label_accuracy'])} (the labels are noisy on purpose). "
         "Refuted by an interval reaching 0.5 (chance); tests/test_lab_alignment.py shows the probe at chance for a "
         "reward model trained on shuffled labels.")
 
@@ -103,9 +103,9 @@ def verdicts(results: dict) -> dict[str, str]:
     rl_vs_bon = _dominance(results, "rl", "best_of_n", "proxy")
     dpo_vs_bon = _dominance(results, "dpo", "best_of_n", "proxy")
     out["frontier"] = (
-        f"Measured, not a yes/no: on gold reward against KL, DPO's points lie {dpo_vs_rl} RL's frontier; on the proxy "
-        f"r_φ, RL lies {rl_vs_bon} and DPO {dpo_vs_bon} best-of-n's (interpolated in KL, means over seeds; a point "
-        f"outside the other's KL range is not compared). {DPO_FIG2}; our DPO "
+        f"Measured, not a yes/no. Gold reward against KL, DPO's points against RL's frontier: {dpo_vs_rl}. Proxy r_φ "
+        f"against best-of-n's frontier: RL {rl_vs_bon}; DPO {dpo_vs_bon} (frontiers interpolated in KL, means over "
+        f"seeds; a point outside the other's KL range is not compared). {DPO_FIG2}; our DPO "
         f"{'agrees' if dpo_vs_rl.startswith('above') else 'does not reproduce that'} at this scale. Would have "
         "refuted the DPO claim here: DPO's points below RL's frontier.")
 
@@ -206,7 +206,7 @@ def report(results: dict) -> str:
               "labelled by Bradley–Terry on r_φ itself at scale 1, so its target is exactly this π*); best-of-n's "
               "distribution is exact (the best n that β allows is shown).", "",
               table(["β", "E_π*[r]", "KL(π*‖π_ref)"],
-                    [[f"{b:g}", f"{r['mean']:+.3f}", f"{k['mean']:.3f}"] for b, r, k in zip(fr["beta"], fr["reward"], fr["kl"])]), "",
+                    [[f"{b['mean']:g}", f"{r['mean']:+.3f}", f"{k['mean']:.3f}"] for b, r, k in zip(fr["beta"], fr["reward"], fr["kl"])]), "",
               f"E_π_ref[r] = {fr['reward_ref']['mean']:+.3f}, max_y r = {fr['reward_max']['mean']:+.3f} (means over prompts and seeds).", ""]
     erows = []
     for b in _exact_betas(results):
@@ -235,12 +235,13 @@ def report(results: dict) -> str:
             lines += [""]
 
     lines += ["## Against the published figures", "",
-              f"- {DPO_FIG2}. Here: DPO vs RL on gold — {_dominance(results, 'dpo', 'rl', 'gold')}.",
+              f"- {DPO_FIG2}. Here: DPO's points against RL's frontier on gold — {_dominance(results, 'dpo', 'rl', 'gold')}.",
               f"- {GAO}. Here: see the over-optimisation verdict.",
               f"- {BON_KL}.",
               f"- {OPTIMUM}: the exact section computes it.", "",
               "## What this does not show", "",
-              "- A char model writes few sentiment words in 64 characters: the gold judge scores most continuations 0, "
+              f"- A char model writes few sentiment words in {cfg['length']} characters: the gold judge scores most "
+              "continuations 0, "
               "so both the labels and the gold reward are sparse; the gold numbers are small and noisy.",
               "- RL and DPO are run for a fixed number of steps at each β, not to convergence: a point is where a method "
               "got in that budget, not its optimum (the exact section measures that gap).",
