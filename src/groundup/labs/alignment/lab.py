@@ -67,7 +67,7 @@ class Settings:
     rm_batch: int = 32
     rm_lr: float = 3e-4
     # the policies: one β grid for RL and DPO
-    betas: tuple = (0.3, 0.1, 0.03, 0.01)
+    betas: tuple = (3.0, 1.0, 0.3, 0.1, 0.03)
     rl_steps: int = 150
     rl_prompts: int = 8  # G prompts per step
     rl_samples: int = 4  # k samples per prompt (leave-one-out baseline)
@@ -75,8 +75,8 @@ class Settings:
     curve_every: int = 25  # RL steps between over-optimisation measurements (proxy, gold, KL)
     dpo_steps: int = 150
     dpo_batch: int = 32
-    dpo_lr: float = 3e-4
-    best_of_n: tuple = (1, 2, 4, 8, 16, 32)
+    dpo_lr: float = 1e-4
+    best_of_n: tuple = (1, 2, 4, 8, 16, 32, 64, 128)  # KL up to log 128 − 127/128 = 3.86 nats
     eval_prompts: int = 64
     eval_samples: int = 2  # continuations per evaluation prompt
     n_samples_shown: int = 3
