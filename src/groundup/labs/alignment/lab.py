@@ -77,14 +77,14 @@ class Settings:
     dpo_batch: int = 32
     dpo_lr: float = 1e-4
     best_of_n: tuple = (1, 2, 4, 8, 16, 32, 64, 128)  # KL up to log 128 − 127/128 = 3.86 nats
-    eval_prompts: int = 64
+    eval_prompts: int = 128
     eval_samples: int = 2  # continuations per evaluation prompt
     n_samples_shown: int = 3
     # the exact setting: continuations of exact_length tokens, V^L of them, enumerated
     exact_length: int = 2
     exact_prompts: int = 4
     exact_betas: tuple = (1.0, 0.3, 0.1)
-    exact_frontier: tuple = (10.0, 3.0, 1.0, 0.5, 0.3, 0.2, 0.1, 0.05, 0.03, 0.01)
+    exact_frontier: tuple = (10.0, 5.0, 3.0, 2.0, 1.0, 0.7, 0.5, 0.3, 0.2, 0.15, 0.1, 0.07, 0.05, 0.03, 0.01)
     exact_rl_steps: int = 150
     exact_rl_samples: int = 16
     exact_pairs: int = 512

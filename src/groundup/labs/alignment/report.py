@@ -11,8 +11,8 @@ from groundup.report.markdown import table
 from groundup.report.plots import new_figure, save_figure
 
 VERSION = 1
-PLOTS = {"frontier": "alignment_frontier.png", "over": "alignment_overoptimisation.png",
-         "exact": "alignment_exact.png"}
+PLOTS = {"gold": "alignment_frontier_gold.png", "proxy": "alignment_frontier_proxy.png",
+         "over": "alignment_overoptimisation.png", "exact": "alignment_exact.png"}
 
 # Published figures (docs: /work/shared/REFERENCES.md; the sources named in each sentence)
 DPO_FIG2 = ("Rafailov et al. 2023 (DPO), §6.1 and Fig. 2 (IMDb sentiment, GPT-2-large, a sentiment classifier "
@@ -21,6 +21,8 @@ DPO_FIG2 = ("Rafailov et al. 2023 (DPO), §6.1 and Fig. 2 (IMDb sentiment, GPT-2
 OPTIMUM = "Rafailov et al. 2023, eq. 4: π*(y|x) = π_ref(y|x)·exp(r(x, y)/β)/Z(x)"
 BON_KL = ("Stiennon et al. 2020 / Gao et al. 2022 quote KL(best-of-n ‖ π_ref) = log n − (n − 1)/n; Beirami et al. "
           "2024 show it is an upper bound (not confirmed here beyond our own exact check)")
+AZAR = ("Azar et al. 2023 (IPO) argue that DPO on finite preference data can drift far from π_ref whatever β is "
+        "(not in REFERENCES.md: check)")
 GAO = ("Gao et al. 2022 (scaling laws for reward-model over-optimisation): as KL from the initial policy grows, the "
        "proxy reward keeps rising while the gold reward rises, peaks and falls, for RL and for best-of-n")
 
@@ -192,7 +194,7 @@ def report(results: dict) -> str:
               "KL(π ‖ π_ref) in nats per continuation (k1 and k3 on the policy's own samples); rewards are means over "
               f"the evaluation samples; ± is the {_on(len(results['seeds']))}.", "",
               table(["method", "setting", "KL (k1)", "KL (k3)", "proxy r_φ", "gold"], rows), "",
-              f"![frontier]({PLOTS['frontier']})", ""]
+              f"![gold reward vs KL]({PLOTS['gold']})", "", f"![proxy reward vs KL]({PLOTS['proxy']})", ""]
 
     small = _betas(results)[-1]
     curve = agg["rl_curves"][small]
@@ -211,8 +213,10 @@ def report(results: dict) -> str:
               "enumerated; π_ref(y|x) exactly (product of the model's conditionals); r(x, y) = r_φ(x·y) on every y; "
               "π* = π_ref·exp(r/β)/Z, J(π*) = β·log Z, the gap of any policy J(π*) − J(π) = β·KL(π‖π*). RL and DPO are "
               f"trained on the same prompts ({cfg['exact_rl_steps']} / {cfg['exact_dpo_steps']} steps; DPO's pairs "
-              "labelled by Bradley–Terry on r_φ itself at scale 1, so its target is exactly this π*); best-of-n's "
-              "distribution is exact (the best n that β allows is shown).", "",
+              "labelled by Bradley–Terry on r_φ itself at scale 1, so with unlimited pairs its target is exactly this "
+              f"π*; with {cfg['exact_pairs']} pairs over {ex['continuations']['mean']:,.0f} continuations most "
+              "continuations are never seen, and the loss can be lowered by moving mass anywhere the pairs do not "
+              f"pin down — {AZAR}); best-of-n's distribution is exact (the n with the highest J at that β is shown).", "",
               table(["β", "E_π*[r]", "KL(π*‖π_ref)"],
                     [[f"{b['mean']:g}", f"{r['mean']:+.3f}", f"{k['mean']:.3f}"] for b, r, k in zip(fr["beta"], fr["reward"], fr["kl"])]), "",
               f"E_π_ref[r] = {fr['reward_ref']['mean']:+.3f}, max_y r = {fr['reward_max']['mean']:+.3f} (means over prompts and seeds).", ""]
@@ -254,6 +258,8 @@ def report(results: dict) -> str:
               "- RL and DPO are run for a fixed number of steps at each β, not to convergence: a point is where a method "
               "got in that budget, not its optimum (the exact section measures that gap).",
               "- One π_ref (seed fixed): the intervals cover the preference data, r_φ and the policies, not the base model.",
+              "- KL is per continuation (summed over its characters), estimated on the policy's own samples; "
+              "best-of-n's is the analytic bound, which the exact section shows overstates it at short lengths.",
               ""]
     return "\n".join(lines)
 
@@ -266,22 +272,20 @@ def plots(results: dict, out: str | Path) -> list[Path]:
     out = Path(out)
     agg = _agg(results)
     paths = []
-    fig, ax = new_figure("Reward vs KL(π ‖ π_ref): gold (filled) and proxy r_φ (open)", "KL(π ‖ π_ref), nats", "reward")
-    for method, colour in (("rl", "C0"), ("dpo", "C1"), ("best_of_n", "C2")):
-        if method == "best_of_n":
-            ms = list(agg["best_of_n"].values())
-            kl = [m["kl"]["mean"] for m in ms]
-            kerr = [0.0] * len(ms)
-        else:
-            ms = [agg[method][b] for b in _betas(results)]
-            kl = [m["kl_k1"]["mean"] for m in ms]
-            kerr = [_err(m["kl_k1"]) for m in ms]
-        for y, style in (("gold", "o-"), ("proxy", "o--")):
-            ax.errorbar(kl, [m[y]["mean"] for m in ms], xerr=kerr, yerr=[_err(m[y]) for m in ms], fmt=style, color=colour,
-                        mfc=colour if y == "gold" else "none", label=f"{NAMES[method]} ({y})", capsize=2)
-    ax.axhline(agg["ref"]["gold"]["mean"], color="grey", lw=0.8, ls=":", label="π_ref gold")
-    ax.legend(fontsize=7)
-    paths.append(save_figure(fig, out / PLOTS["frontier"]))
+    for y, title in (("gold", "Gold reward (VADER) vs KL(π ‖ π_ref)"), ("proxy", "Proxy reward r_φ vs KL(π ‖ π_ref)")):
+        fig, ax = new_figure(title, "KL(π ‖ π_ref), nats per continuation", f"mean {y} reward")
+        for method, colour in (("rl", "C0"), ("dpo", "C1"), ("best_of_n", "C2")):
+            if method == "best_of_n":
+                ms = list(agg["best_of_n"].values())
+                kl, kerr = [m["kl"]["mean"] for m in ms], [0.0] * len(ms)
+            else:
+                ms = [agg[method][b] for b in _betas(results)]
+                kl, kerr = [m["kl_k1"]["mean"] for m in ms], [_err(m["kl_k1"]) for m in ms]
+            ax.errorbar(kl, [m[y]["mean"] for m in ms], xerr=kerr, yerr=[_err(m[y]) for m in ms], fmt="o-", color=colour,
+                        label=NAMES[method], capsize=2)
+        ax.axhline(agg["ref"][y]["mean"], color="grey", lw=0.8, ls=":", label="π_ref")
+        ax.legend(fontsize=8)
+        paths.append(save_figure(fig, out / PLOTS[y]))
 
     small = _betas(results)[-1]
     curve = agg["rl_curves"][small]
@@ -309,7 +313,7 @@ def plots(results: dict, out: str | Path) -> list[Path]:
                         yerr=_err(e[name]["reward"]), fmt=markers[name], color=f"C{i}", capsize=2,
                         label=f"{NAMES[name]} β = {b}")
     bon = ex["betas"][_exact_betas(results)[0]]["best_of_n"]
-    ax.plot([m["kl"]["mean"] for m in bon.values()], [m["reward"]["mean"] for m in bon.values()], "^:", color="C2",
+    ax.plot([m["kl"]["mean"] for m in bon.values()], [m["reward"]["mean"] for m in bon.values()], "^:", color="C7",
             label="best-of-n (exact)")
     ax.legend(fontsize=7)
     paths.append(save_figure(fig, out / PLOTS["exact"]))
