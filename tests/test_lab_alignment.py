@@ -121,6 +121,7 @@ def tiny_run(tmp_path_factory):
     return out, results, after
 
 
+@pytest.mark.slow  # the tiny run: ≈ 10 s of CPU
 def test_tiny_run_writes_results_report_and_plots(tiny_run):
     out, results, threads_after = tiny_run
     assert results["lab"] == "alignment" and results["schema"] == harness.SCHEMA and results["seeds"] == [1, 2]
@@ -141,6 +142,7 @@ def test_tiny_run_writes_results_report_and_plots(tiny_run):
         assert (out / name).stat().st_size > 0 and name in text
 
 
+@pytest.mark.slow  # the tiny run: ≈ 10 s of CPU
 def test_report_regenerates_from_results_alone(tiny_run, tmp_path):
     out, _, _ = tiny_run
     assert main(["lab", "alignment", "--report-from", str(out / "results.json"), "--out", str(tmp_path)]) == 0
@@ -152,6 +154,7 @@ def test_report_regenerates_from_results_alone(tiny_run, tmp_path):
     assert pages[0].name == "alignment.md" and "do not edit by hand" in pages[0].read_text()
 
 
+@pytest.mark.slow  # the tiny run: ≈ 10 s of CPU
 def test_verdicts_turn_when_the_numbers_do(tiny_run):
     """Each verdict can fail: doctored results flip it."""
     _, results, _ = tiny_run
