@@ -63,11 +63,11 @@ class Settings:
     n_pairs: int = 4000  # most pairs tie on gold (no sentiment word): about a third carry signal
     held_out: float = 0.1
     bt_scale: float = DEFAULT_BT_SCALE
-    rm_steps: int = 500
+    rm_steps: int = 400
     rm_batch: int = 32
     rm_lr: float = 3e-4
     # the policies: one β grid for RL and DPO
-    betas: tuple = (3.0, 1.0, 0.3, 0.1, 0.03)
+    betas: tuple = (1.0, 0.3, 0.1, 0.03)
     rl_steps: int = 150
     rl_prompts: int = 8  # G prompts per step
     rl_samples: int = 4  # k samples per prompt (leave-one-out baseline)
@@ -76,7 +76,7 @@ class Settings:
     dpo_steps: int = 150
     dpo_batch: int = 32
     dpo_lr: float = 1e-4
-    best_of_n: tuple = (1, 2, 4, 8, 16, 32, 64, 128)  # KL up to log 128 − 127/128 = 3.86 nats
+    best_of_n: tuple = (1, 2, 4, 8, 16, 32, 64)  # KL up to log 64 − 63/64 = 3.17 nats
     eval_prompts: int = 128
     eval_samples: int = 2  # continuations per evaluation prompt
     n_samples_shown: int = 3
