@@ -184,7 +184,10 @@ def test_verdicts_turn_when_the_numbers_do(tiny_run):
     agg["overoptimisation"]["proxy_rise"] = harness.summarize([0.3, 0.3, 0.3])
     assert report.verdicts(good)["over-optimisation"].startswith("Gold turned down")
     agg["overoptimisation"]["gold_drop"] = harness.summarize([-0.1, 0.12, 0.0])
+    agg["rl"][small]["gold_gain"] = harness.summarize([-0.1, 0.1, 0.0])
     assert report.verdicts(good)["over-optimisation"].startswith("Gold did NOT turn down")
+    agg["rl"][small]["gold_gain"] = harness.summarize([-0.1, -0.11, -0.12])  # ended below π_ref, proxy up
+    assert report.verdicts(good)["over-optimisation"].startswith("Gold turned down")
 
 
 def test_frontier_comparison_on_hand_made_points():

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from groundup.labs.harness import lower, setup_line, short, stat
+from groundup.labs.harness import lower, setup_line, short, stat, upper
 from groundup.report.markdown import table
 from groundup.report.plots import new_figure, save_figure
 
@@ -118,14 +118,23 @@ def verdicts(results: dict) -> dict[str, str]:
         "refuted the DPO claim here: DPO's points below RL's frontier.")
 
     oo = agg["overoptimisation"]
-    turned = lower(oo["gold_drop"]) > 0 and oo["proxy_rise"]["mean"] > 0
+    end = agg["rl"][small]
+    along = lower(oo["gold_drop"]) > 0 and oo["proxy_rise"]["mean"] > 0  # (a) along training: fell after the middle
+    below_ref = upper(end["gold_gain"]) < 0 and lower(end["proxy_gain"]) > 0  # (b) ended below π_ref's gold
+    turned = along or below_ref
+    rose = [b for b in _betas(results) if lower(agg["rl"][b]["gold_gain"]) > 0]
+    rose_text = (f"rose above π_ref's at β = {', '.join(rose)} first" if rose else
+                 "never rose above π_ref's beyond noise at any β (no rise before the fall, unlike Gao et al.: r_φ "
+                 f"agrees with gold only {short(agg['reward_model']['gold_agreement'])} of the time)")
     out["over-optimisation"] = (
-        f"{'Gold turned down' if turned else 'Gold did NOT turn down'} (plainly): along RL at β = {small}, from step "
+        f"{'Gold turned down' if turned else 'Gold did NOT turn down'} (plainly). (a) Along RL at β = {small}: from step "
         f"{oo['mid_step']['mean']:.0f} (KL {short(oo['kl_mid'], '.2f')}) to step {oo['last_step']['mean']:.0f} (KL "
         f"{short(oo['kl_last'], '.2f')}) the proxy moved by {short(oo['proxy_rise'], signed=True)} and the gold reward "
-        f"by {stat(_neg(oo['gold_drop']), signed=True)}. {GAO}. 'Turned down' needs the gold drop's interval above 0 "
-        "while the proxy still rose; its absence at our KL range does not refute Gao et al., whose policies went "
-        "much further from π_ref.")
+        f"by {stat(_neg(oo['gold_drop']), signed=True)} ({'fell' if along else 'no fall beyond noise'}). (b) At the end, "
+        f"against π_ref on the same prompts: proxy {stat(end['proxy_gain'], signed=True)}, gold "
+        f"{stat(end['gold_gain'], signed=True)} ({'gold below π_ref while the proxy rose' if below_ref else 'gold not below π_ref beyond noise'}). "
+        f"Across β, RL's gold reward {rose_text}. {GAO}. 'Turned down' needs (a) the gold drop's interval above 0 while the proxy rose, or (b) the gold gain's "
+        "interval below 0 while the proxy gain's is above 0; without either, the claim is not shown at our KL range.")
 
     ex = agg["exact"]["betas"]
     # per seed: J(π*) − J of every trained policy (each seed's own π*), the smallest one
