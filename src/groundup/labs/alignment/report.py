@@ -299,9 +299,10 @@ def plots(results: dict, out: str | Path) -> list[Path]:
     small = _betas(results)[-1]
     curve = agg["rl_curves"][small]
     fig, ax = new_figure(f"Over-optimisation: RL at β = {small} and best-of-n", "KL(π ‖ π_ref), nats", "reward")
-    kl = [k["mean"] for k in curve["kl"]]
+    kl = [0.0] + [k["mean"] for k in curve["kl"]]  # the curve starts at π_ref (step 0)
     for y, style in (("proxy", "s--"), ("gold", "o-")):
-        ax.errorbar(kl, [v["mean"] for v in curve[y]], yerr=[_err(v) for v in curve[y]], fmt=style, color="C0",
+        points = [agg["ref"][y]] + curve[y]
+        ax.errorbar(kl, [v["mean"] for v in points], yerr=[_err(v) for v in points], fmt=style, color="C0",
                     mfc="none" if y == "proxy" else "C0", label=f"RL {y}", capsize=2)
         ms = list(agg["best_of_n"].values())
         ax.plot([m["kl"]["mean"] for m in ms], [m[y]["mean"] for m in ms], style, color="C2", label=f"best-of-n {y}",
