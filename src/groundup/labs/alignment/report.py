@@ -115,7 +115,9 @@ def verdicts(results: dict) -> dict[str, str]:
         f"against best-of-n's frontier: RL {rl_vs_bon}; DPO {dpo_vs_bon} (frontiers interpolated in KL, means over "
         f"seeds; a point outside the other's KL range is not compared). {DPO_FIG2}; our DPO "
         f"{'agrees' if dpo_vs_rl.startswith('above') else 'does not reproduce that'} at this scale. Would have "
-        "refuted the DPO claim here: DPO's points below RL's frontier.")
+        "refuted the DPO claim here: DPO's points below RL's frontier."
+        + ("" if ok else " Caveat: RL optimises r_φ, which orders pairs barely better than chance here, while DPO learns "
+           "from the labels themselves; on gold this comparison says more about r_φ than about the two optimisers."))
 
     oo = agg["overoptimisation"]
     end = agg["rl"][small]
