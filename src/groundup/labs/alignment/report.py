@@ -113,7 +113,10 @@ def verdicts(results: dict) -> dict[str, str]:
     out["frontier"] = (
         f"Measured, not a yes/no. Gold reward against KL, DPO's points against RL's frontier: {dpo_vs_rl}. Proxy r_φ "
         f"against best-of-n's frontier: RL {rl_vs_bon}; DPO {dpo_vs_bon} (frontiers interpolated in KL, means over "
-        f"seeds; a point outside the other's KL range is not compared). {DPO_FIG2}; our DPO "
+        f"seeds; a point outside the other's KL range is not compared). Gold gain over π_ref (paired): DPO "
+        + ", ".join(f"β = {b}: {short(agg['dpo'][b]['gold_gain'], '.3f', signed=True)}" for b in _betas(results))
+        + "; RL " + ", ".join(f"β = {b}: {short(agg['rl'][b]['gold_gain'], '.3f', signed=True)}" for b in _betas(results))
+        + f". {DPO_FIG2}; our DPO "
         f"{'agrees' if dpo_vs_rl.startswith('above') else 'does not reproduce that'} at this scale. Would have "
         "refuted the DPO claim here: DPO's points below RL's frontier."
         + ("" if ok else " Caveat: RL optimises r_φ, which orders pairs barely better than chance here, while DPO learns "
@@ -162,8 +165,10 @@ def verdicts(results: dict) -> dict[str, str]:
 
 
 def _row(m: dict, label: str, extra: str) -> list:
-    return [label, extra, short(m["kl_k1"], ".2f"), short(m["kl_k3"], ".2f"), short(m["proxy"], "+.3f"),
-            short(m["gold"], "+.3f")]
+    gains = ([short(m["proxy_gain"], ".3f", signed=True), short(m["gold_gain"], ".3f", signed=True)]
+             if "proxy_gain" in m else ["—", "—"])
+    return [label, extra, short(m["kl_k1"], ".2f"), short(m["kl_k3"], ".2f"), short(m["proxy"], ".3f", signed=True),
+            short(m["gold"], ".3f", signed=True), *gains]
 
 
 def report(results: dict) -> str:
@@ -199,17 +204,20 @@ def report(results: dict) -> str:
     rows += [_row(agg["rl"][b], "RL", f"β = {b}") for b in _betas(results)]
     rows += [_row(agg["dpo"][b], "DPO", f"β = {b}") for b in _betas(results)]
     for n, m in agg["best_of_n"].items():
-        rows.append(["best-of-n", f"n = {n}", f"{m['kl']['mean']:.2f} (analytic)", "—", short(m["proxy"], "+.3f"),
-                     short(m["gold"], "+.3f")])
+        rows.append(["best-of-n", f"n = {n}", f"{m['kl']['mean']:.2f} (analytic)", "—", short(m["proxy"], ".3f", signed=True),
+                     short(m["gold"], ".3f", signed=True), short(m["proxy_gain"], ".3f", signed=True),
+                     short(m["gold_gain"], ".3f", signed=True)])
     lines += ["## The reward–KL frontier", "",
               "KL(π ‖ π_ref) in nats per continuation (k1 and k3 on the policy's own samples); rewards are means over "
               f"the evaluation samples; ± is the {_on(len(results['seeds']))}.", "",
-              table(["method", "setting", "KL (k1)", "KL (k3)", "proxy r_φ", "gold"], rows), "",
+              "Δ columns: the policy minus π_ref on the same prompts in the same seed (r_φ's offset differs from seed "
+              "to seed, so the absolute proxy varies a lot; the differences are the comparable numbers).", "",
+              table(["method", "setting", "KL (k1)", "KL (k3)", "proxy r_φ", "gold", "Δ proxy", "Δ gold"], rows), "",
               f"![gold reward vs KL]({PLOTS['gold']})", "", f"![proxy reward vs KL]({PLOTS['proxy']})", ""]
 
     small = _betas(results)[-1]
     curve = agg["rl_curves"][small]
-    crow = [[f"{s['mean']:.0f}", short(k, ".2f"), short(p, "+.3f"), short(g, "+.3f")]
+    crow = [[f"{s['mean']:.0f}", short(k, ".2f"), short(p, ".3f", signed=True), short(g, ".3f", signed=True)]
             for s, k, p, g in zip(curve["step"], curve["kl"], curve["proxy"], curve["gold"])]
     lines += ["## Over-optimisation (Gao et al. 2022)", "",
               f"RL at β = {small}, measured every {cfg['curve_every']} steps on fresh samples "
@@ -235,11 +243,11 @@ def report(results: dict) -> str:
     for b in _exact_betas(results):
         e = ex["betas"][b]
         for name, label in (("ref", "π_ref"), ("rl", "RL"), ("dpo", "DPO")):
-            erows.append([b, label, short(e[name]["J"], "+.4f"), short(e["J_star"], "+.4f"), short(e[name]["gap"], ".4f"),
-                          short(e[name]["kl"], ".3f"), short(e[name]["reward"], "+.3f")])
+            erows.append([b, label, short(e[name]["J"], ".4f", signed=True), short(e["J_star"], ".4f", signed=True), short(e[name]["gap"], ".4f"),
+                          short(e[name]["kl"], ".3f"), short(e[name]["reward"], ".3f", signed=True)])
         best = max(e["best_of_n"].items(), key=lambda kv: kv[1]["J"]["mean"])
-        erows.append([b, f"best-of-{best[0]}", short(best[1]["J"], "+.4f"), short(e["J_star"], "+.4f"),
-                      short(best[1]["gap"], ".4f"), short(best[1]["kl"], ".3f"), short(best[1]["reward"], "+.3f")])
+        erows.append([b, f"best-of-{best[0]}", short(best[1]["J"], ".4f", signed=True), short(e["J_star"], ".4f", signed=True),
+                      short(best[1]["gap"], ".4f"), short(best[1]["kl"], ".3f"), short(best[1]["reward"], ".3f", signed=True)])
     lines += [table(["β", "policy", "J", "J(π*)", "gap", "KL", "E[r]"], erows), "", f"![exact]({PLOTS['exact']})", ""]
     b0 = _exact_betas(results)[0]
     bon = ex["betas"][b0]["best_of_n"]
