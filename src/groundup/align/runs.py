@@ -168,6 +168,8 @@ class AlignSettings:
                 raise ConfigError(f"{name.replace('_', '-')} must be a positive integer, got {value!r}")
         if isinstance(self.lr, bool) or not isinstance(self.lr, (int, float)) or not 0 < self.lr < float("inf"):
             raise ConfigError(f"the learning rate must be a positive number, got {self.lr!r}")
+        if isinstance(self.held_out, bool) or not isinstance(self.held_out, (int, float)) or not 0 <= self.held_out < 1:
+            raise ConfigError(f"the held-out fraction must be in [0, 1), got {self.held_out!r}")
         if isinstance(self.grad_clip, bool) or not isinstance(self.grad_clip, (int, float)) or not self.grad_clip >= 0:
             raise ConfigError(f"grad-clip must be ≥ 0 (0 = off), got {self.grad_clip!r}")
 
