@@ -12,7 +12,8 @@ import torch
 from groundup import cli
 from groundup.align import dpo, reward
 from groundup.align.preferences import FORMAT, VERSION, PreferencePair, write_preferences
-from groundup.align.runs import AlignSettings, creating, load_policy, pair_tensors, split_pairs, weights_sha256
+from groundup.align.runs import (AlignSettings, check_reference_unchanged, creating, load_policy, pair_tensors,
+                                 reference_record, split_pairs, weights_sha256)
 from groundup.errors import ConfigError, GroundupError
 from groundup.sample import load_run
 from groundup.train import checkpoint as ckpt
@@ -192,6 +193,16 @@ def test_pairs_that_do_not_fit_the_policy_are_refused():
         split_pairs(1, 0.1, 0)
     with pytest.raises(ConfigError, match="batch-size"):
         AlignSettings(batch_size=0)
+
+
+def test_a_reference_that_changes_during_a_run_is_reported(base):
+    model, _, _ = load_policy(base)
+    record = reference_record(base, model)
+    check_reference_unchanged(base, model, record)  # unchanged: silent
+    with torch.no_grad():
+        model.token_embedding.weight[0, 0] += 1e-3
+    with pytest.raises(GroundupError, match="changed during the run"):
+        check_reference_unchanged(base, model, record)
 
 
 def test_a_failed_run_leaves_no_directory(tmp_path):

@@ -88,7 +88,7 @@ def reward_model_loss() -> Loss:
 
     def loss(model, batch):
         chosen, rejected = batch[0], batch[1]
-        r = model(torch.cat([chosen, rejected]))
+        r = model(torch.cat([chosen, rejected])).float()  # (under bf16 autocast the head's output is bf16)
         return bradley_terry_loss(r[:len(chosen)], r[len(chosen):])
 
     return loss
