@@ -18,7 +18,15 @@ from groundup.model.reward import RewardModel
 from groundup.train.align import (bradley_terry_loss, check_beta, dpo_loss, dpo_step_loss, reward_model_loss,
                                   sequence_logprobs, token_logprobs)
 
-torch.set_num_threads(1)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny matmuls: one thread is faster and steadier on a shared machine (restored afterwards)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def tiny_gpt(seed: int, vocab: int = 13, block: int = 12, dtype=torch.float32) -> GPT:
@@ -230,3 +238,15 @@ def test_reward_model_gradient_matches_finite_differences():
 
     inputs = tuple(params[n].detach().clone().requires_grad_(True) for n in names)
     assert torch.autograd.gradcheck(f, inputs, eps=1e-6, atol=1e-7, rtol=1e-5)
+
+
+def test_preference_losses_are_fp32_under_bf16_autocast_and_fp64_stays():
+    """As the model's own loss: bf16 outputs of an autocast forward are upcast before the log-sigmoid."""
+    rm, gpt = RewardModel(tiny_gpt(14)).eval(), tiny_gpt(15)
+    chosen, rejected = random_ids(16), random_ids(17)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert rm(chosen).dtype == torch.bfloat16  # (the head's matmul runs in bf16)
+        assert reward_model_loss()(rm, (chosen, rejected)).dtype == torch.float32
+        assert token_logprobs(gpt, chosen, 2).dtype == torch.float32
+    rm64 = RewardModel(tiny_gpt(14, dtype=torch.float64)).eval()
+    assert reward_model_loss()(rm64, (chosen, rejected)).dtype == torch.float64

@@ -22,7 +22,17 @@ from groundup.train.trainer import train
 from conftest import assert_clean_error, run_cli
 from helpers import tiny_config
 
-torch.set_num_threads(1)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny matmuls: one thread is faster and steadier on a shared machine (restored afterwards)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 SETTINGS = dict(lr=1e-3, batch_size=16, held_out=0.25, seed=0)
 
 
