@@ -145,7 +145,7 @@ def test_dpo_run_writes_a_policy_run_that_samples(base, prefs, tmp_path, capsys)
     assert record["train"]["margin"] > 0.5
     policy, tokenizer, config = load_run(out, "cpu")  # what `groundup sample` loads
     assert weights_sha256(policy) != record["reference_weights_sha256"]
-    assert config.train.max_steps == 20 and config.train.learning_rate == 1e-3
+    assert config.train.max_steps == 20 and config.train.learning_rate == 1e-3 and config.train.weight_decay == 0
     # an existing run directory is refused, and left as it was
     listing = sorted(p.name for p in out.iterdir())
     assert cli.main(["align", "dpo", "--run", str(base), "--prefs", str(prefs), "--out", str(out), "--beta", "1"]) == 2

@@ -150,8 +150,9 @@ ALIGN = "align.json"  # in every alignment run directory: the method, β, the re
 
 @dataclass
 class AlignSettings:
-    """How an alignment run trains: constant learning rate, AdamW (the run config's betas and weight
-    decay), random mini-batches of pairs, dropout off (as trl's DPOTrainer, disable_dropout=True)."""
+    """How an alignment run trains: constant learning rate, AdamW (the run config's betas) without
+    weight decay (it would pull the weights toward 0, not toward π_ref; trl's default is 0 too),
+    random mini-batches of pairs, dropout off (as trl's DPOTrainer, disable_dropout=True)."""
 
     steps: int = 200
     lr: float = 1e-4
@@ -195,9 +196,10 @@ def creating(out: Path):
 
 
 def run_config(config: RunConfig, settings: AlignSettings) -> RunConfig:
-    """The reference run's config with the alignment run's training settings in [train]."""
+    """The reference run's config with the alignment run's training settings in [train] (no weight
+    decay, no warmup: see AlignSettings)."""
     return config.replace(max_steps=settings.steps, learning_rate=settings.lr, min_lr=min(config.train.min_lr, settings.lr),
-                          warmup_steps=0, batch_size=settings.batch_size, seed=settings.seed,
+                          warmup_steps=0, weight_decay=0.0, batch_size=settings.batch_size, seed=settings.seed,
                           grad_clip=float(settings.grad_clip), device=settings.device)
 
 
