@@ -197,6 +197,8 @@ def test_pairs_that_do_not_fit_the_policy_are_refused():
         pair_tensors([pair([1, 2], [3], [4]), pair([1], [3], [4])])
     with pytest.raises(GroundupError, match="differ in length"):
         pair_tensors([pair([1, 2], [3, 5], [4])])
+    with pytest.raises(GroundupError, match="more than the policy's context of 32"):
+        pair_tensors([pair([1] * 20, [3] * 13, [4] * 13)], vocab_size=65, block_size=32)
     with pytest.raises(GroundupError, match="no preference pairs"):
         pair_tensors([])
     with pytest.raises(GroundupError, match="too few"):

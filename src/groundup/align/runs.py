@@ -94,11 +94,12 @@ def prompts_from_corpus(tokenizer, corpus: str | Corpus, n: int, prompt_len: int
 
 
 # ---- preference pairs as tensors ---------------------------------------------------------------
-def pair_tensors(pairs, vocab_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def pair_tensors(pairs, vocab_size: int | None = None,
+                 block_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Preference pairs (each with .prompt, .chosen, .rejected: lists of token ids) → (chosen_ids,
     rejected_ids, prompt_len): (N, P + L), (N, P + L), (N,), every row prompt then continuation.
     Every prompt must have one length and every continuation another (as make_preferences writes
-    them); a token id outside the model's vocabulary is an error."""
+    them); a token id outside the model's vocabulary, or P + L beyond its context, is an error."""
     if not pairs:
         raise GroundupError("there are no preference pairs; make some with `groundup align preferences`")
     shapes = {(len(p.prompt), len(p.chosen), len(p.rejected)) for p in pairs}
@@ -108,6 +109,9 @@ def pair_tensors(pairs, vocab_size: int | None = None) -> tuple[torch.Tensor, to
                             f"{sorted(shapes)[:3]}); every prompt and every continuation must have one length")
     if P < 1 or L < 1:
         raise GroundupError(f"a preference pair needs a prompt and a continuation of at least one token, got {P} and {L}")
+    if block_size is not None and P + L > block_size:
+        raise GroundupError(f"the preference pairs are {P} + {L} tokens long, more than the policy's context of "
+                            f"{block_size}; make pairs with a shorter --prompt-len or --length")
     chosen = torch.tensor([p.prompt + p.chosen for p in pairs], dtype=torch.long)
     rejected = torch.tensor([p.prompt + p.rejected for p in pairs], dtype=torch.long)
     if vocab_size is not None:
