@@ -3,6 +3,7 @@ preference, leave π_ref untouched, write run directories, and refuse bad input 
 
 from __future__ import annotations
 
+import copy
 import json
 import random
 
@@ -13,10 +14,13 @@ from groundup import cli
 from groundup.align import dpo, reward
 from groundup.align.preferences import FORMAT, VERSION, PreferencePair, write_preferences
 from groundup.align.runs import (AlignSettings, check_reference_unchanged, creating, load_policy, pair_tensors,
-                                 reference_record, split_pairs, weights_sha256)
+                                 prompts_from_corpus, reference_record, sample_continuations, split_pairs,
+                                 weights_sha256)
+from groundup.data import prepare_cached
 from groundup.errors import ConfigError, GroundupError
 from groundup.sample import load_run
 from groundup.train import checkpoint as ckpt
+from groundup.train.align import sequence_logprobs
 from groundup.train.trainer import train
 
 from conftest import assert_clean_error, run_cli
@@ -224,3 +228,26 @@ def test_a_failed_run_leaves_no_directory(tmp_path):
             (out / "metrics.jsonl").write_text("{}\n")
             raise RuntimeError("interrupted mid-training")
     assert not out.exists()
+
+
+# ---- the shared helpers of align/runs.py --------------------------------------------------------------------
+def test_sample_continuations_prompts_and_weights_hash(base):
+    model, tokenizer, config = load_policy(base)
+    prompts = prompts_from_corpus(tokenizer, config.data.corpus, 5, 8, seed=1)
+    assert prompts.shape == (5, 8) and prompts.dtype == torch.long
+    assert torch.equal(prompts, prompts_from_corpus(tokenizer, config.data.corpus, 5, 8, seed=1))
+    val_text = tokenizer.decode(prepare_cached(config.data.corpus, config.data.tokenizer).val.tolist())
+    assert all(tokenizer.decode(row.tolist()) in val_text for row in prompts)  # windows of the val split
+    ids = sample_continuations(model, prompts, 6, seed=2)
+    assert ids.shape == (5, 14) and torch.equal(ids[:, :8], prompts)
+    assert torch.equal(ids, sample_continuations(model, prompts, 6, seed=2))
+    assert not torch.equal(ids, sample_continuations(model, prompts, 6, seed=3))
+    sequence_logprobs(model, ids, 8).sum().backward()  # usable under autograd (not an inference tensor)
+    h = weights_sha256(model)
+    assert h == weights_sha256(copy.deepcopy(model))
+    with torch.no_grad():
+        w = model.blocks[0].ffn.up.weight
+        w[0, 0] = torch.nextafter(w[0, 0], torch.tensor(1.0))  # one ulp
+    assert weights_sha256(model) != h
+    with pytest.raises(GroundupError, match="positive"):
+        sample_continuations(model, prompts, 0, seed=0)
