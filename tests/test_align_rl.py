@@ -273,6 +273,7 @@ def test_cli_rl_writes_a_run(base_run, tmp_path, capsys):
     assert recipe["reference_weights_sha256"] == weights_sha256(base)  # π_ref's file untouched too
     assert len((out / "metrics.jsonl").read_text().splitlines()) == 2
     load_policy(out)  # a normal run: sample and serve load it
+    assert_clean_error(cli(capsys, "train", "--resume", str(out)), "alignment run")
 
 
 def test_cli_rl_refuses_an_existing_run(base_run, tmp_path, capsys):
