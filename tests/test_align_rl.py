@@ -14,7 +14,7 @@ import torch
 
 from conftest import assert_clean_error
 from helpers import tiny_config
-from groundup.align.best_of_n import analytic_kl, best_of_n, exact_best_of_n, exact_kl, select_best
+from groundup.align.best_of_n import analytic_kl, best_of_n, exact_best_of_n, exact_kl, select_best, tied_fraction
 from groundup.align.kl import categorical_kl, kl_k1, kl_k3, mean_and_se
 from groundup.align.rl import RLSettings, load_reward, rl_optimize
 from groundup.align.runs import load_policy, weights_sha256
@@ -232,6 +232,7 @@ def test_best_of_n_keeps_the_highest_reward():
     torch.set_num_threads(1)
     model = toy_policy(0)
     assert select_best(torch.tensor([[0.0, 2.0, 2.0], [1.0, 0.0, -1.0]])).tolist() == [1, 0]
+    assert tied_fraction(torch.tensor([[0.0, 2.0, 2.0], [1.0, 0.0, -1.0]])) == pytest.approx(2 / 6)
     kept, rewards = best_of_n(model, toy_reward, torch.zeros(6, 1, dtype=torch.long), 5, L, seed=0)
     assert kept.shape == (6, 1 + L) and rewards.shape == (6, 5)
     assert toy_reward(kept, 1).tolist() == rewards.max(dim=1).values.double().tolist()
