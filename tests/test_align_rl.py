@@ -14,12 +14,12 @@ import torch
 
 from conftest import assert_clean_error
 from helpers import tiny_config
-from groundup.align.best_of_n import analytic_kl, best_of_n, exact_best_of_n, exact_kl, select_best
+from groundup.align.best_of_n import analytic_kl, best_of_n, exact_best_of_n, exact_kl, select_best, tied_fraction
 from groundup.align.kl import categorical_kl, kl_k1, kl_k3, mean_and_se
 from groundup.align.rl import RLSettings, load_reward, rl_optimize
 from groundup.align.runs import load_policy, weights_sha256
 from groundup.cli import main
-from groundup.config import ModelConfig, TrainConfig
+from groundup.config import ModelConfig, RunConfig, TrainConfig
 from groundup.errors import ConfigError, GroundupError
 from groundup.model import GPT
 from groundup.train import checkpoint as ckpt
@@ -132,7 +132,7 @@ def _optimize(beta, steps=60, seed=0):
     settings = RLSettings(beta=beta, steps=steps, prompts_per_step=4, samples_per_prompt=4, prompt_len=1, length=L,
                           lr=1e-2, seed=seed)
     records, _ = rl_optimize(policy, reference, toy_reward, torch.zeros(8, 1, dtype=torch.long), settings,
-                             train_config=TrainConfig(kernels=False))
+                             config=RunConfig(model=policy.config, train=TrainConfig(kernels=False)))
     assert weights_sha256(reference) == ref_hash  # π_ref untouched
     return before, exact_j(policy, reference, beta), records
 
@@ -232,6 +232,7 @@ def test_best_of_n_keeps_the_highest_reward():
     torch.set_num_threads(1)
     model = toy_policy(0)
     assert select_best(torch.tensor([[0.0, 2.0, 2.0], [1.0, 0.0, -1.0]])).tolist() == [1, 0]
+    assert tied_fraction(torch.tensor([[0.0, 2.0, 2.0], [1.0, 0.0, -1.0]])) == pytest.approx(2 / 6)
     kept, rewards = best_of_n(model, toy_reward, torch.zeros(6, 1, dtype=torch.long), 5, L, seed=0)
     assert kept.shape == (6, 1 + L) and rewards.shape == (6, 5)
     assert toy_reward(kept, 1).tolist() == rewards.max(dim=1).values.double().tolist()
@@ -273,6 +274,7 @@ def test_cli_rl_writes_a_run(base_run, tmp_path, capsys):
     assert recipe["reference_weights_sha256"] == weights_sha256(base)  # π_ref's file untouched too
     assert len((out / "metrics.jsonl").read_text().splitlines()) == 2
     load_policy(out)  # a normal run: sample and serve load it
+    assert_clean_error(cli(capsys, "train", "--resume", str(out)), "alignment run")
 
 
 def test_cli_rl_refuses_an_existing_run(base_run, tmp_path, capsys):
@@ -301,3 +303,40 @@ def test_cli_best_of_n(base_run, tmp_path, capsys):
     summary = json.loads(out.read_text())
     assert summary["kl_analytic"] == pytest.approx(math.log(3) - 2 / 3)
     assert summary["reward_best_of_n"] >= summary["reward_one_sample"]
+
+
+@pytest.fixture(scope="module")
+def reward_run_dir(base_run, tmp_path_factory):
+    from groundup.align.preferences import make_preferences, write_preferences
+    from groundup.align.reward import reward_run
+    from groundup.align.runs import AlignSettings
+
+    where = tmp_path_factory.mktemp("align_rm")
+    pairs, meta = make_preferences(base_run, 16, prompt_len=8, length=24, seed=1)
+    prefs = write_preferences(pairs, where / "prefs.jsonl", meta)
+    reward_run(base_run, prefs, where / "rm", AlignSettings(steps=2, batch_size=4), progress=False)
+    return where / "rm"
+
+
+def test_rl_with_a_reward_model_run(base_run, reward_run_dir, tmp_path, capsys):
+    out = tmp_path / "rl"
+    result = cli(capsys, "align", "rl", "--run", str(base_run), "--reward", str(reward_run_dir), "--beta", "0.1",
+                 "--steps", "1", "--prompts-per-step", "2", "--samples-per-prompt", "2", "--prompt-len", "8",
+                 "--length", "24", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    reward = json.loads((out / "align.json").read_text())["reward"]
+    assert reward["source"] == "reward-model" and reward["run"] == str(reward_run_dir.resolve())
+
+
+def test_reward_model_with_another_tokenizer_is_refused(base_run, reward_run_dir, tmp_path, capsys):
+    import shutil
+
+    from groundup.tokenizer import CharTokenizer
+
+    other = tmp_path / "rm_other"
+    shutil.copytree(reward_run_dir, other)
+    CharTokenizer.train(["a different alphabet"]).save(other / ckpt.TOKENIZER)
+    result = cli(capsys, "align", "rl", "--run", str(base_run), "--reward", str(other), "--beta", "0.1",
+                 "--out", str(tmp_path / "x"))
+    assert_clean_error(result, "another tokenizer")
+    assert not (tmp_path / "x").exists()

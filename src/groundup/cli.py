@@ -123,6 +123,12 @@ def cmd_train(args) -> int:
         if (Path(args.resume) / RECIPE).exists():
             raise GroundupError(f"{args.resume} is a distilled student; `groundup train --resume` would continue it with "
                                 f"plain cross-entropy: continue it with `groundup distill --resume {args.resume}`")
+        from groundup.align.runs import ALIGN
+
+        if (Path(args.resume) / ALIGN).exists():
+            raise GroundupError(f"{args.resume} is an alignment run ({ALIGN}); `groundup train --resume` would continue it "
+                                "with plain cross-entropy, undoing the alignment: run the `groundup align` command again "
+                                "into a new directory")
         config = read_run_config(args.resume).replace(**dict(parse_override(o) for o in overrides))
         result = train(config, args.resume, resume=True, faults=faults)
     elif args.plan:
