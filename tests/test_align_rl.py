@@ -158,6 +158,7 @@ def test_rl_raises_j_on_a_toy_problem():
     assert j1 <= j_star + 1e-12
     assert len(records) == 60 and records[-1]["step"] == 60
     assert {"reward", "kl_k1", "kl_k3", "J", "loss", "grad_norm"} <= set(records[-1])
+    assert records[0]["kl_k1"] == records[0]["kl_k3"] == 0.0  # step 1 samples π_θ = π_ref: no divergence yet
     for rec in records:
         assert rec["J"] == pytest.approx(rec["reward"] - beta * rec["kl_k1"], abs=1e-9)
 
