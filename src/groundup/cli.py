@@ -123,6 +123,12 @@ def cmd_train(args) -> int:
         if (Path(args.resume) / RECIPE).exists():
             raise GroundupError(f"{args.resume} is a distilled student; `groundup train --resume` would continue it with "
                                 f"plain cross-entropy: continue it with `groundup distill --resume {args.resume}`")
+        from groundup.align.runs import ALIGN
+
+        if (Path(args.resume) / ALIGN).exists():
+            raise GroundupError(f"{args.resume} is an alignment run ({ALIGN}); `groundup train --resume` would continue it "
+                                "with plain cross-entropy, undoing the alignment: run the `groundup align` command again "
+                                "into a new directory")
         config = read_run_config(args.resume).replace(**dict(parse_override(o) for o in overrides))
         result = train(config, args.resume, resume=True, faults=faults)
     elif args.plan:
@@ -443,6 +449,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     al = sub.add_parser("align", help="tune a policy run toward a reward while staying near it (KL): reward model, DPO, RL",
                         description="Alignment as an optimisation: J = E[r(x, y)] − β·KL(π ‖ π_ref) (issue #19).")
     al_sub = al.add_subparsers(dest="action", metavar="ACTION", required=True)
+    _add_align_rl_commands(al_sub)  # preferences, rl, best-of-n
     ar = al_sub.add_parser("reward", help="train a reward model r(x, y) on preference pairs (Bradley–Terry)",
                            description="A reward model (π_ref's trunk + a scalar head on the last token) trained with "
                                        "−log σ(r_w − r_l) on preference pairs; reports held-out accuracy and agreement "
@@ -456,7 +463,6 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     ad.add_argument("--beta", type=float, required=True, help="β > 0, the KL weight (e.g. 0.1; larger stays closer to π_ref)")
     _add_align_training_options(ad, steps=200, lr=1e-4)
     ad.set_defaults(func=cmd_align_dpo)
-    _add_align_rl_commands(al_sub)  # preferences, rl, best-of-n
 
     sa = sub.add_parser("sample", help="generate text from a trained run (streams as it goes)")
     sa.add_argument("--run", required=True, help="a run directory, e.g. runs/shakespeare_char")

@@ -78,6 +78,14 @@ def select_best(rewards: torch.Tensor) -> torch.Tensor:
     return torch.as_tensor(rewards).argmax(dim=1)
 
 
+def tied_fraction(rewards: torch.Tensor) -> float:
+    """Fraction of the draws (B, n) whose reward equals another draw's of the same prompt: when it is
+    large, log n − (n − 1)/n overstates best-of-n's KL (see exact_best_of_n)."""
+    r = torch.as_tensor(rewards)
+    same = (r.unsqueeze(2) == r.unsqueeze(1)).sum(dim=2) > 1  # (B, n): another draw has this reward
+    return float(same.float().mean())
+
+
 def best_of_n(model, reward: Reward, prompts: torch.Tensor, n: int, length: int, seed: int,
               temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
     """For each prompt (B, P): n continuations from `model`, scored. Returns (the kept ids (B, P + L),
@@ -130,12 +138,15 @@ def best_of_n_run(policy_run, reward_source: str, n: int, *, prompts: int = 64, 
         "gold_best_of_n": float(torch.cat(gold_kept).mean()),
         "kl_analytic": analytic_kl(n),
         "kl_note": "log n - (n-1)/n: an upper bound, exact only for a continuous reward (ties lower it)",
+        "tied_draws": tied_fraction(rewards),
         "samples": [tokenizer.decode(row[prompt_len:].tolist()) for row in kept_ids[:16]],
     }
     if out is not None:
         atomic_write_json(out, summary)
     say(f"best-of-{n} from {policy_run} on {len(x)} prompts, reward {reward_info['source']}: "
         f"{summary['reward_one_sample']:+.4f} (one sample) → {summary['reward_best_of_n']:+.4f} (best of {n}); "
-        f"gold of the kept samples {summary['gold_best_of_n']:+.4f}; KL ≤ log n − (n−1)/n = {analytic_kl(n):.4f} nats")
+        f"gold of the kept samples {summary['gold_best_of_n']:+.4f}; KL ≤ log n − (n−1)/n = {analytic_kl(n):.4f} nats "
+        f"({100 * summary['tied_draws']:.0f}% of the draws tie with another of their prompt: the more, the lower the "
+        f"true KL)")
     return summary
 

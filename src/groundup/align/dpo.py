@@ -99,7 +99,7 @@ def train_dpo(reference: GPT, pairs, beta: float, settings: AlignSettings, *, co
     the defaults). In memory; dpo_run wraps it into a run directory."""
     beta = check_beta(beta)
     device = pick_device(settings.device)
-    chosen, rejected, prompt_len = pair_tensors(pairs, reference.config.vocab_size)
+    chosen, rejected, prompt_len = pair_tensors(pairs, reference.config.vocab_size, reference.config.block_size)
     train_idx, held_idx = split_pairs(len(pairs), settings.held_out, settings.seed)
     frozen = freeze(copy.deepcopy(reference).to(device))
     policy = copy.deepcopy(reference).to(device)

@@ -100,7 +100,7 @@ def train_reward_model(policy: GPT, pairs, settings: AlignSettings, *, config: R
     `config`: the policy's run config (its AdamW betas, weight decay, dtype; default: the defaults).
     In memory; reward_run wraps it into a run directory."""
     device = pick_device(settings.device)
-    chosen, rejected, _ = pair_tensors(pairs, policy.config.vocab_size)
+    chosen, rejected, _ = pair_tensors(pairs, policy.config.vocab_size, policy.config.block_size)
     g_w, g_l = gold_tensors(pairs)
     train_idx, held_idx = split_pairs(len(pairs), settings.held_out, settings.seed)
     torch.manual_seed(settings.seed)  # the head's initialisation

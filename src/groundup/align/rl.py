@@ -18,11 +18,9 @@ of the decoded continuation, groundup.align.gold) or `model_reward` (a reward mo
 
 from __future__ import annotations
 
-import json
 import math
-import shutil
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -31,24 +29,22 @@ import torch
 from groundup.align.gold import DEFAULT_LENGTH, GoldJudge
 from groundup.align.kl import kl_k1, kl_k3
 from groundup.align.preferences import DEFAULT_PROMPT_LEN
-from groundup.align.runs import load_policy, prompts_from_corpus, sample_continuations, weights_sha256
-from groundup.config import TrainConfig
+from groundup.align.reward import load_reward_model
+from groundup.align.runs import (build_engine, check_reference_unchanged, creating, load_policy, new_run_dir,
+                                 prompts_from_corpus, reference_record, sample_continuations, save_run, weights_sha256)
+from groundup.config import RunConfig
 from groundup.errors import ConfigError, GroundupError
 from groundup.model import GPT
-from groundup.train import checkpoint as ckpt
 from groundup.train.align import check_beta, token_logprobs
 from groundup.train.distill import freeze
 from groundup.train.engine import TorchEngine
 from groundup.train.loop import Hooks, fit
-from groundup.train.optim import configure_adamw, optimizer_state_tensors
 from groundup.train.policy import kl_penalised_return, leave_one_out_advantages, reinforce_loss
 from groundup.train.step import StepResult
-from groundup.util.files import atomic_write_json
 from groundup.util.metrics import MetricsLogger
 from groundup.util.progress import Progress
 
 Reward = Callable[[torch.Tensor, int], torch.Tensor]  # (ids (B, P + L), prompt_len) → rewards (B,)
-RECIPE = "align.json"
 METHOD = "rl"
 PROMPT_POOL = 4096  # prompts drawn (seeded) from the corpus's train split; each step picks G of them
 
@@ -106,11 +102,20 @@ def _step_seed(seed: int, step: int) -> int:
     return int(np.random.SeedSequence([seed, step]).generate_state(1)[0])
 
 
+def rl_config(config: RunConfig, settings: RLSettings) -> RunConfig:
+    """The reference run's config with the RL run's training settings: constant lr, no warm-up, and
+    no weight decay (the KL term is the regulariser, pulling toward π_ref; decay would pull toward 0)."""
+    return config.replace(max_steps=settings.steps, learning_rate=settings.lr, min_lr=min(config.train.min_lr, settings.lr),
+                          warmup_steps=0, weight_decay=0.0, batch_size=settings.prompts_per_step * settings.samples_per_prompt,
+                          seed=settings.seed, grad_clip=float(settings.grad_clip))
+
+
 def rl_optimize(policy: GPT, reference: GPT, reward: Reward, prompts: torch.Tensor, settings: RLSettings, *,
-                train_config: TrainConfig | None = None, on_step: Callable[[dict], None] | None = None,
+                config: RunConfig | None = None, on_step: Callable[[dict], None] | None = None,
                 progress: bool = False) -> tuple[list[dict], TorchEngine]:
     """Tune `policy` in place for settings.steps steps (loop.fit → one train_step each); `reference`
-    is π_ref (frozen here). prompts: (N, P) pool. Returns (one record per step, the engine).
+    is π_ref (frozen here). prompts: (N, P) pool; config: the run config whose [train] gives AdamW's
+    betas and the kernels switch (default: the defaults). Returns (one record per step, the engine).
 
     Each record: step, reward (mean r), kl_k1, kl_k3 (mean per-sequence KL estimates), J (mean R),
     loss, grad_norm — all on the samples that step drew from π_θ before its update."""
@@ -122,9 +127,8 @@ def rl_optimize(policy: GPT, reference: GPT, reward: Reward, prompts: torch.Tens
         raise ConfigError(f"--prompt-len {s.prompt_len} + --length {s.length} tokens exceed the policy's context of "
                           f"{policy.config.block_size}; shorten one")
     freeze(reference)
-    t = replace(train_config or TrainConfig(), learning_rate=s.lr, min_lr=0.0, weight_decay=0.0)
     device = next(policy.parameters()).device
-    engine = TorchEngine(policy, configure_adamw(policy, t, device), device=device, kernels=t.kernels)
+    engine = build_engine(policy, rl_config(config or RunConfig(model=policy.config), s), device)
     pick = np.random.default_rng(np.random.SeedSequence([s.seed, 2 ** 31]))
     G, k, P = s.prompts_per_step, s.samples_per_prompt, s.prompt_len
     records: list[dict] = []
@@ -171,65 +175,48 @@ def load_reward(source: str, tokenizer, device: str = "cpu") -> tuple[Reward, di
     if not path.is_dir():
         raise GroundupError(f"unknown reward source {source!r}: give 'gold' (the sentiment judge itself) or a "
                             f"reward-model run directory made by `groundup align reward`")
-    raise GroundupError(f"{source}: reward-model runs are not readable yet (groundup.align.reward); use --reward gold")
-
-
-def save_policy_run(out: Path, policy: GPT, engine: TorchEngine, config, tokenizer_file: Path, step: int,
-                    recipe: dict) -> None:
-    """A run directory like a training run's (config.json, tokenizer.json, model.safetensors,
-    optimizer.safetensors, state.json) plus align.json (the recipe): `groundup sample` loads it."""
-    opt_tensors, opt_step = optimizer_state_tensors(engine.optimizer, policy)
-    ckpt.save_checkpoint(out, step, policy.weights(), opt_tensors,
-                         {"optimizer_step": opt_step, "sampler": {}, "rng": {}}, keep=1)
-    ckpt.write_run_config(out, config)
-    shutil.copyfile(tokenizer_file, out / ckpt.TOKENIZER)
-    atomic_write_json(out / RECIPE, recipe)
+    model, rm_tokenizer, record = load_reward_model(path, device)
+    if tokenizer is not None and rm_tokenizer.fingerprint != tokenizer.fingerprint:
+        raise GroundupError(f"the reward model {source} reads another tokenizer ({rm_tokenizer.kind}, vocab "
+                            f"{rm_tokenizer.vocab_size}) than the policy ({tokenizer.kind}, vocab {tokenizer.vocab_size}): "
+                            f"its scores would be of other text; train the reward model on this policy's preferences")
+    return model_reward(model), {"source": "reward-model", "run": str(path.resolve()),
+                                 "weights_sha256": weights_sha256(model), "reference": record.get("reference")}
 
 
 def rl_run(policy_run, reward_source: str, out, settings: RLSettings, *, device: str = "cpu",
            progress: bool = True, say=print) -> dict:
     """Tune the run `policy_run` (π_ref) toward `reward_source` into the new run directory `out`;
     returns the recipe written to out/align.json (with the last step's measurements)."""
-    policy_run, out = Path(policy_run), Path(out)
-    if out.exists():
-        raise GroundupError(f"--out {out} already exists; choose a new run directory (nothing was overwritten)")
+    policy_run, out = Path(policy_run), new_run_dir(out)
     policy, tokenizer, config = load_policy(policy_run, device)
     reference, _, _ = load_policy(policy_run, device)
     reward, reward_info = load_reward(reward_source, tokenizer, device)
-    ref_hash = weights_sha256(reference)
+    ref = reference_record(policy_run, reference)
     prompts = prompts_from_corpus(tokenizer, config.data.corpus, PROMPT_POOL, settings.prompt_len, settings.seed,
                                   split="train")
-    out.mkdir(parents=True)
-    metrics = MetricsLogger(out / "metrics.jsonl")
-    records, engine = rl_optimize(policy, reference, reward, prompts, settings, train_config=config.train,
-                                  on_step=lambda record: metrics.log(**record), progress=progress)
-    if weights_sha256(reference) != ref_hash:
-        raise GroundupError("π_ref's weights changed during training (they must not): this is a bug, please report it")
-    recipe = {
-        "method": METHOD,
-        "algorithm": "REINFORCE with a leave-one-out baseline; per-token KL penalty folded into the return "
-                     "(Ziegler et al. 2019): R = r - beta * sum_t log(pi/pi_ref)",
-        "beta": settings.beta,
-        "reference_run": str(policy_run.resolve()),
-        "reference_weights_sha256": ref_hash,
-        "reference_unchanged": True,
-        "reward": reward_info,
-        "settings": asdict(settings),
-        "prompts": {"corpus": config.data.corpus, "split": "train", "pool": PROMPT_POOL},
-        "final": records[-1],
-    }
-    save_policy_run(out, policy, engine, config, policy_run / ckpt.TOKENIZER, settings.steps, recipe)
-    last = records[-1]
-    first = records[0]
+    cfg = rl_config(config, settings)
+    with creating(out):
+        metrics = MetricsLogger(out / "metrics.jsonl")
+        records, engine = rl_optimize(policy, reference, reward, prompts, settings, config=cfg,
+                                      on_step=lambda record: metrics.log(**record), progress=progress)
+        check_reference_unchanged(policy_run, reference, ref)
+        recipe = {
+            "method": METHOD,
+            "algorithm": "REINFORCE with a leave-one-out baseline; per-token KL penalty folded into the return "
+                         "(Ziegler et al. 2019): R = r - beta * sum_t log(pi/pi_ref)",
+            "beta": settings.beta,
+            **ref,
+            "reference_unchanged": True,
+            "reward": reward_info,
+            "settings": asdict(settings),
+            "prompts": {"corpus": config.data.corpus, "split": "train", "pool": PROMPT_POOL},
+            "final": records[-1],
+        }
+        save_run(out, engine, cfg, tokenizer, settings.steps, recipe)
+    first, last = records[0], records[-1]
     say(f"rl β={settings.beta:g}, {settings.steps} steps → {out}")
     say(f"reward {first['reward']:+.4f} → {last['reward']:+.4f};  KL(π‖π_ref) k1 {last['kl_k1']:.4f}, "
         f"k3 {last['kl_k3']:.4f} nats;  J {first['J']:+.4f} → {last['J']:+.4f}  (on each step's own samples)")
-    say(f"π_ref unchanged (weights sha256 {ref_hash[:12]})")
+    say(f"π_ref unchanged (weights sha256 {ref['reference_weights_sha256'][:12]}…)")
     return recipe
-
-
-def read_recipe(run_dir) -> dict:
-    path = Path(run_dir) / RECIPE
-    if not path.is_file():
-        raise GroundupError(f"{path} is missing: {run_dir} is not an alignment run")
-    return json.loads(path.read_text(encoding="utf-8"))

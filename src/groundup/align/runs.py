@@ -94,11 +94,12 @@ def prompts_from_corpus(tokenizer, corpus: str | Corpus, n: int, prompt_len: int
 
 
 # ---- preference pairs as tensors ---------------------------------------------------------------
-def pair_tensors(pairs, vocab_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def pair_tensors(pairs, vocab_size: int | None = None,
+                 block_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Preference pairs (each with .prompt, .chosen, .rejected: lists of token ids) → (chosen_ids,
     rejected_ids, prompt_len): (N, P + L), (N, P + L), (N,), every row prompt then continuation.
     Every prompt must have one length and every continuation another (as make_preferences writes
-    them); a token id outside the model's vocabulary is an error."""
+    them); a token id outside the model's vocabulary, or P + L beyond its context, is an error."""
     if not pairs:
         raise GroundupError("there are no preference pairs; make some with `groundup align preferences`")
     shapes = {(len(p.prompt), len(p.chosen), len(p.rejected)) for p in pairs}
@@ -108,6 +109,9 @@ def pair_tensors(pairs, vocab_size: int | None = None) -> tuple[torch.Tensor, to
                             f"{sorted(shapes)[:3]}); every prompt and every continuation must have one length")
     if P < 1 or L < 1:
         raise GroundupError(f"a preference pair needs a prompt and a continuation of at least one token, got {P} and {L}")
+    if block_size is not None and P + L > block_size:
+        raise GroundupError(f"the preference pairs are {P} + {L} tokens long, more than the policy's context of "
+                            f"{block_size}; make pairs with a shorter --prompt-len or --length")
     chosen = torch.tensor([p.prompt + p.chosen for p in pairs], dtype=torch.long)
     rejected = torch.tensor([p.prompt + p.rejected for p in pairs], dtype=torch.long)
     if vocab_size is not None:
@@ -150,8 +154,9 @@ ALIGN = "align.json"  # in every alignment run directory: the method, β, the re
 
 @dataclass
 class AlignSettings:
-    """How an alignment run trains: constant learning rate, AdamW (the run config's betas and weight
-    decay), random mini-batches of pairs, dropout off (as trl's DPOTrainer, disable_dropout=True)."""
+    """How an alignment run trains: constant learning rate, AdamW (the run config's betas) without
+    weight decay (it would pull the weights toward 0, not toward π_ref; trl's default is 0 too),
+    random mini-batches of pairs, dropout off (as trl's DPOTrainer, disable_dropout=True)."""
 
     steps: int = 200
     lr: float = 1e-4
@@ -168,6 +173,8 @@ class AlignSettings:
                 raise ConfigError(f"{name.replace('_', '-')} must be a positive integer, got {value!r}")
         if isinstance(self.lr, bool) or not isinstance(self.lr, (int, float)) or not 0 < self.lr < float("inf"):
             raise ConfigError(f"the learning rate must be a positive number, got {self.lr!r}")
+        if isinstance(self.held_out, bool) or not isinstance(self.held_out, (int, float)) or not 0 <= self.held_out < 1:
+            raise ConfigError(f"the held-out fraction must be in [0, 1), got {self.held_out!r}")
         if isinstance(self.grad_clip, bool) or not isinstance(self.grad_clip, (int, float)) or not self.grad_clip >= 0:
             raise ConfigError(f"grad-clip must be ≥ 0 (0 = off), got {self.grad_clip!r}")
 
@@ -193,9 +200,10 @@ def creating(out: Path):
 
 
 def run_config(config: RunConfig, settings: AlignSettings) -> RunConfig:
-    """The reference run's config with the alignment run's training settings in [train]."""
+    """The reference run's config with the alignment run's training settings in [train] (no weight
+    decay, no warmup: see AlignSettings)."""
     return config.replace(max_steps=settings.steps, learning_rate=settings.lr, min_lr=min(config.train.min_lr, settings.lr),
-                          warmup_steps=0, batch_size=settings.batch_size, seed=settings.seed,
+                          warmup_steps=0, weight_decay=0.0, batch_size=settings.batch_size, seed=settings.seed,
                           grad_clip=float(settings.grad_clip), device=settings.device)
 
 

@@ -89,6 +89,7 @@ def reward_model_loss() -> Loss:
     def loss(model, batch):
         chosen, rejected = batch[0], batch[1]
         r = model(torch.cat([chosen, rejected]))
+        r = r if r.dtype in (torch.float32, torch.float64) else r.float()  # bf16 under autocast → fp32; fp64 stays
         return bradley_terry_loss(r[:len(chosen)], r[len(chosen):])
 
     return loss
