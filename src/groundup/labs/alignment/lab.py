@@ -229,7 +229,7 @@ def train_rl(lab: Lab, rm, pool: torch.Tensor, beta: float, seed: int, steps: in
     settings = RLSettings(beta=beta, steps=steps, prompts_per_step=prompts_per_step, samples_per_prompt=samples,
                           prompt_len=pool.shape[1], length=length, lr=lr, seed=seed)
     hook = None if on_step is None else (lambda record: on_step(policy, record))
-    records, _ = rl_optimize(policy, lab.ref, model_reward(rm), pool, settings, train_config=lab.config.train,
+    records, _ = rl_optimize(policy, lab.ref, model_reward(rm), pool, settings, config=lab.config,
                              on_step=hook)
     return policy.eval(), records
 
