@@ -276,6 +276,9 @@ def report(results: dict) -> str:
               "so both the labels and the gold reward are sparse; the gold numbers are small and noisy.",
               "- RL and DPO are run for a fixed number of steps at each β, not to convergence: a point is where a method "
               "got in that budget, not its optimum (the exact section measures that gap).",
+              "- How r_φ's quality shapes everything downstream: RL and best-of-n see the gold judge only through r_φ "
+              f"(held-out gold agreement {short(agg['reward_model']['gold_agreement'])}), DPO through the labels. A "
+              "larger reward model or more pairs is the lever this run does not pull (Gao et al. vary both).",
               "- One π_ref (seed fixed): the intervals cover the preference data, r_φ and the policies, not the base model.",
               "- KL is per continuation (summed over its characters), estimated on the policy's own samples; "
               "best-of-n's is the analytic bound, which the exact section shows overstates it at short lengths.",
