@@ -17,6 +17,7 @@ LAYERS = [
     {"cli"},
     {"serve", "demo"},
     {"labs", "cost", "distill"},
+    {"align"},  # below labs: the alignment lab is built on it (align imports sample and below)
     {"sample", "interop", "supervise"},
     {"quantize"},
     {"train"},

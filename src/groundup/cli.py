@@ -123,6 +123,12 @@ def cmd_train(args) -> int:
         if (Path(args.resume) / RECIPE).exists():
             raise GroundupError(f"{args.resume} is a distilled student; `groundup train --resume` would continue it with "
                                 f"plain cross-entropy: continue it with `groundup distill --resume {args.resume}`")
+        from groundup.align.runs import ALIGN
+
+        if (Path(args.resume) / ALIGN).exists():
+            raise GroundupError(f"{args.resume} is an alignment run ({ALIGN}); `groundup train --resume` would continue it "
+                                "with plain cross-entropy, undoing the alignment: run the `groundup align` command again "
+                                "into a new directory")
         config = read_run_config(args.resume).replace(**dict(parse_override(o) for o in overrides))
         result = train(config, args.resume, resume=True, faults=faults)
     elif args.plan:
@@ -173,6 +179,118 @@ def cmd_distill(args) -> int:
                          sequence_level=args.sequence_level,
                          samples=DEFAULT_SAMPLES if args.samples is None else args.samples, sample_seed=args.sample_seed)
     return EXIT_DIVERGED if result.stopped_by == "diverged" else 0
+
+
+# ---- align ------------------------------------------------------------------------------------
+def _align_settings(args):
+    from groundup.align.runs import AlignSettings
+
+    return AlignSettings(steps=args.steps, lr=args.lr, batch_size=args.batch_size, seed=args.seed,
+                         grad_clip=args.grad_clip, held_out=args.held_out, device=args.device)
+
+
+def cmd_align_reward(args) -> int:
+    from groundup.align.reward import reward_run
+
+    reward_run(args.run, args.prefs, args.out, _align_settings(args))
+    return 0
+
+
+def cmd_align_dpo(args) -> int:
+    from groundup.align.dpo import dpo_run
+
+    dpo_run(args.run, args.prefs, args.out, args.beta, _align_settings(args))
+    return 0
+
+
+def _add_align_training_options(p, steps: int, lr: float) -> None:
+    p.add_argument("--run", required=True, metavar="RUN_DIR", help="the reference policy π_ref, a trained run (unchanged)")
+    p.add_argument("--prefs", required=True, help="preference pairs from `groundup align preferences` (.jsonl)")
+    p.add_argument("--out", required=True, help="the new run directory (must not exist)")
+    p.add_argument("--steps", type=int, default=steps, help=f"optimizer steps (default {steps})")
+    p.add_argument("--lr", type=float, default=lr, help=f"constant AdamW learning rate (default {lr:g})")
+    p.add_argument("--batch-size", type=int, default=16, help="pairs per step (default 16)")
+    p.add_argument("--held-out", type=float, default=0.1, help="fraction of pairs kept out to evaluate on (default 0.1)")
+    p.add_argument("--grad-clip", type=float, default=1.0, help="max gradient norm, 0 = off (default 1)")
+    p.add_argument("--seed", type=int, default=0, help="the held-out split, the batches, the reward head's init")
+    p.add_argument("--device", default="cpu", help="cpu, auto, cuda, cuda:N, mps (default cpu)")
+
+
+# ---- align: preferences, rl, best-of-n (issue #19) -------------------------------------------
+def cmd_align_preferences(args) -> int:
+    from pathlib import Path
+
+    if Path(args.out).exists():  # before torch is imported: a quick answer
+        raise GroundupError(f"{args.out} already exists; choose a new --out (preference files are not overwritten)")
+    from groundup.align.preferences import gold_agreement, make_preferences, write_preferences
+
+    pairs, meta = make_preferences(args.run, args.n, prompt_len=args.prompt_len, length=args.length, seed=args.seed,
+                                   temperature=args.temperature, bt_scale=args.bt_scale, device=args.device,
+                                   progress=True)
+    write_preferences(pairs, args.out, meta)
+    agree, ties = gold_agreement(pairs)
+    print(f"{len(pairs):,} preference pairs from {args.run} → {args.out} (labels drawn by Bradley–Terry, bt_scale "
+          f"{args.bt_scale:g}): {100 * ties:.1f}% tie on the gold score (coin-flip labels); of the rest, "
+          f"{100 * agree:.1f}% agree with the gold order")
+    return 0
+
+
+def cmd_align_rl(args) -> int:
+    from groundup.align.rl import RLSettings, rl_run
+
+    settings = RLSettings(beta=args.beta, steps=args.steps, prompts_per_step=args.prompts_per_step,
+                          samples_per_prompt=args.samples_per_prompt, prompt_len=args.prompt_len, length=args.length,
+                          lr=args.lr, seed=args.seed)
+    rl_run(args.run, args.reward, args.out, settings, device=args.device)
+    return 0
+
+
+def cmd_align_best_of_n(args) -> int:
+    from groundup.align.best_of_n import best_of_n_run
+
+    best_of_n_run(args.run, args.reward, args.n, prompts=args.prompts, prompt_len=args.prompt_len, length=args.length,
+                  seed=args.seed, out=args.out, device=args.device)
+    return 0
+
+
+def _add_align_rl_commands(al_sub) -> None:
+    """`groundup align preferences | rl | best-of-n` (defaults: groundup.align.gold, .preferences, .rl)."""
+    prompt_len, length = 16, 48  # groundup.align.preferences.DEFAULT_PROMPT_LEN, gold.DEFAULT_LENGTH
+
+    def common(p, reward: bool):
+        p.add_argument("--run", required=True, help="the reference policy run π_ref, e.g. runs/base")
+        if reward:
+            p.add_argument("--reward", required=True, help="'gold' (the sentiment judge) or a reward-model run directory")
+        p.add_argument("--prompt-len", type=int, default=prompt_len, help=f"prompt tokens (default {prompt_len})")
+        p.add_argument("--length", type=int, default=length,
+                       help=f"continuation tokens (default {length}: enough characters to hold words)")
+        p.add_argument("--seed", type=int, default=0)
+        p.add_argument("--device", default="cpu")
+
+    pr = al_sub.add_parser("preferences", help="preference pairs from π_ref, labelled by Bradley–Terry on the gold judge")
+    common(pr, reward=False)
+    pr.add_argument("--n", type=int, required=True, help="number of pairs")
+    pr.add_argument("--bt-scale", type=float, default=0.25, help="label noise: P(a ≻ b) = σ((g_a − g_b)/scale)")
+    pr.add_argument("--temperature", type=float, default=1.0, help="sampling temperature of π_ref")
+    pr.add_argument("--out", required=True, help="the .jsonl file to write (must not exist)")
+    pr.set_defaults(func=cmd_align_preferences)
+
+    rl = al_sub.add_parser("rl", help="REINFORCE (leave-one-out baseline) with a per-token KL penalty toward π_ref")
+    common(rl, reward=True)
+    rl.add_argument("--beta", type=float, required=True, help="KL weight β > 0, e.g. 0.05")
+    rl.add_argument("--steps", type=int, default=100)
+    rl.add_argument("--prompts-per-step", type=int, default=8)
+    rl.add_argument("--samples-per-prompt", type=int, default=4, help="k ≥ 2 (the leave-one-out baseline)")
+    rl.add_argument("--lr", type=float, default=1e-4)
+    rl.add_argument("--out", required=True, help="the new run directory, e.g. runs/rl")
+    rl.set_defaults(func=cmd_align_rl)
+
+    bo = al_sub.add_parser("best-of-n", help="keep the best of n samples of π_ref under a reward (KL ≤ log n − (n−1)/n)")
+    common(bo, reward=True)
+    bo.add_argument("--n", type=int, required=True, help="samples per prompt")
+    bo.add_argument("--prompts", type=int, default=64)
+    bo.add_argument("--out", help="write the summary and kept samples to this JSON file")
+    bo.set_defaults(func=cmd_align_best_of_n)
 
 
 # ---- sample, demo -----------------------------------------------------------------------------
@@ -235,6 +353,7 @@ LABS = {
     "wall": ("groundup.labs.wall", "does 10× the capability cost 20–40× the money? scaling fit × MFU, comms, failures"),
     "data-wall": ("groundup.labs.data_wall", "repeated data (effective-data R*) and synthetic data (collapse: replace vs accumulate)"),
     "failures": ("groundup.labs.failures", "goodput vs cluster size, Poisson kills under the supervisor, bit flips"),
+    "alignment": ("groundup.labs.alignment", "reward–KL frontier of RL, DPO, best-of-n; over-optimisation; exact π*"),
 }
 
 
@@ -343,6 +462,24 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     di.add_argument("--max-steps", type=int, help="same as --set max_steps=N")
     di.add_argument("--device", help="auto, cpu, cuda, cuda:N, mps (teacher and student)")
     di.set_defaults(func=cmd_distill)
+
+    al = sub.add_parser("align", help="tune a policy run toward a reward while staying near it (KL): reward model, DPO, RL",
+                        description="Alignment as an optimisation: J = E[r(x, y)] − β·KL(π ‖ π_ref) (issue #19).")
+    al_sub = al.add_subparsers(dest="action", metavar="ACTION", required=True)
+    _add_align_rl_commands(al_sub)  # preferences, rl, best-of-n
+    ar = al_sub.add_parser("reward", help="train a reward model r(x, y) on preference pairs (Bradley–Terry)",
+                           description="A reward model (π_ref's trunk + a scalar head on the last token) trained with "
+                                       "−log σ(r_w − r_l) on preference pairs; reports held-out accuracy and agreement "
+                                       "with the gold judge. Writes a run directory plus align.json.")
+    _add_align_training_options(ar, steps=200, lr=1e-4)
+    ar.set_defaults(func=cmd_align_reward)
+    ad = al_sub.add_parser("dpo", help="Direct Preference Optimisation of a policy run on preference pairs",
+                           description="DPO (Rafailov et al. 2023): −log σ(β·[(log π_w − log ref_w) − (log π_l − "
+                                       "log ref_l)]) with π starting at π_ref and π_ref frozen. Writes a policy run "
+                                       "(sample it with `groundup sample`) plus align.json.")
+    ad.add_argument("--beta", type=float, required=True, help="β > 0, the KL weight (e.g. 0.1; larger stays closer to π_ref)")
+    _add_align_training_options(ad, steps=200, lr=1e-4)
+    ad.set_defaults(func=cmd_align_dpo)
 
     sa = sub.add_parser("sample", help="generate text from a trained run (streams as it goes)")
     sa.add_argument("--run", required=True, help="a run directory, e.g. runs/shakespeare_char")

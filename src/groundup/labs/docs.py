@@ -28,6 +28,7 @@ LABS = {
     "wall": ("groundup.labs.wall.report", "wall.md"),
     "data-wall": ("groundup.labs.data_wall.report", "data-wall.md"),
     "failures": ("groundup.labs.failures.report", "failures.md"),
+    "alignment": ("groundup.labs.alignment.report", "alignment.md"),
 }
 DOCS = Path("docs/labs")
 

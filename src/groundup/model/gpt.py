@@ -77,6 +77,20 @@ class GPT(nn.Module):
 
         Batched decoding (`groundup serve`): `start` may be a (B,) tensor of positions, one per
         row, with T = 1 and a cache: each row is its own sequence at its own length."""
+        x = self.hidden(idx, cache, start)
+        logits = self.lm_head(x)  # (B, T, V): a score for every possible next token
+        loss = None
+        if targets is not None:
+            # Cross-entropy = −log softmax(logits)[target], averaged over every position.
+            # (in at least fp32: under bf16 autocast the logits arrive in bf16; fp64 stays fp64)
+            logits_for_loss = logits if logits.dtype in (torch.float32, torch.float64) else logits.float()
+            loss = F.cross_entropy(logits_for_loss.view(-1, logits.size(-1)), targets.reshape(-1))
+        return logits, loss
+
+    def hidden(self, idx: torch.Tensor, cache: KVCache | None = None, start: int = 0) -> torch.Tensor:
+        """idx (B, T) → the final hidden states (B, T, C): everything before the LM head (after the
+        final layer norm). forward turns them into logits; a reward model (groundup.model.reward)
+        puts its scalar head on them."""
         B, T = idx.shape
         per_row = isinstance(start, torch.Tensor)
         end = (int(start.max()) if per_row else start) + T  # positions used (the longest row's)
@@ -91,16 +105,9 @@ class GPT(nn.Module):
         for layer, block in enumerate(self.blocks):
             x = block(x, cache, layer, start)
         x = self.final_norm(x)
-        logits = self.lm_head(x)  # (B, T, V): a score for every possible next token
         if cache is not None and not per_row:
             cache.length = start + T
-        loss = None
-        if targets is not None:
-            # Cross-entropy = −log softmax(logits)[target], averaged over every position.
-            # (in at least fp32: under bf16 autocast the logits arrive in bf16; fp64 stays fp64)
-            logits_for_loss = logits if logits.dtype in (torch.float32, torch.float64) else logits.float()
-            loss = F.cross_entropy(logits_for_loss.view(-1, logits.size(-1)), targets.reshape(-1))
-        return logits, loss
+        return x
 
     # ---- mixture of experts (groundup.model.moe) -------------------------------------------
     def moe_layers(self) -> dict[int, MixtureOfExperts]:
