@@ -7,6 +7,8 @@ from __future__ import annotations
 import copy
 import json
 import math
+import os
+import time
 
 import numpy as np
 import pytest
@@ -254,3 +256,20 @@ def test_report_from_another_labs_results_is_one_line(capsys, tmp_path):
     other.write_text(json.dumps({"schema": harness.SCHEMA, "lab": "geometry"}))
     assert main(["lab", "comms", "--report-from", str(other), "--out", str(tmp_path)]) == 2
     assert "not a results.json of the comms lab" in capsys.readouterr().err
+
+
+def test_busy_cores_sees_a_spinning_process():
+    """The quiet-machine check counts cores other processes keep busy (not the load average, which
+    remembers the previous seed's ranks for minutes): a spinning child shows up as about one core."""
+    import subprocess
+    import sys
+    idle = lab.busy_cores(0.5)
+    assert 0.0 <= idle <= (os.cpu_count() or 1) + 1e-9
+    spin = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.3)
+        busy = lab.busy_cores(0.5)
+    finally:
+        spin.kill()
+        spin.wait()
+    assert busy >= idle + 0.5

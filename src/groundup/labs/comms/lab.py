@@ -126,16 +126,34 @@ def ddp_experiment(s: Settings, seed: int, allreduce: dict, grad_bytes: int, n_c
     return out
 
 
-def load_average() -> float:
-    """The 1-minute load average (runnable processes) as the seed starts: > 0.5 on an idle-looking box
-    means something else competes for the cores and the timings say so much about it."""
-    return os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+def _cpu_times() -> tuple[int, int] | None:
+    """(busy, total) jiffies of all CPUs together from /proc/stat (Linux); None elsewhere."""
+    try:
+        fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    except (OSError, ValueError):
+        return None
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    return sum(fields) - idle, sum(fields)
+
+
+def busy_cores(seconds: float = 1.0) -> float:
+    """How many cores other processes keep busy just before a seed starts: the busy share of all CPUs
+    over `seconds` (from /proc/stat) × the core count. Unlike the load average, it does not remember
+    the ranks of the previous seed (the 1-minute average decays over minutes). Elsewhere: the load
+    average."""
+    first = _cpu_times()
+    if first is None:
+        return os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    time.sleep(seconds)
+    second = _cpu_times()
+    busy, total = second[0] - first[0], second[1] - first[1]
+    return (busy / total if total > 0 else 0.0) * (os.cpu_count() or 1)
 
 
 def run_seed(s: Settings, seed: int, grad_bytes: int, n_cores: int) -> dict:
-    load = load_average()
+    load = busy_cores()
     allreduce = allreduce_experiment(s, seed, n_cores)
-    return {"load_before": load, "allreduce": allreduce, "ddp": ddp_experiment(s, seed, allreduce, grad_bytes, n_cores)}
+    return {"busy_cores_before": load, "allreduce": allreduce, "ddp": ddp_experiment(s, seed, allreduce, grad_bytes, n_cores)}
 
 
 def make_results(s: Settings, seeds: list[int], per_seed: list[dict], mode: str, wall_seconds: float,

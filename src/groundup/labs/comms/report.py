@@ -102,9 +102,10 @@ def verdicts(results: dict) -> dict[str, str]:
     hit = all(abs(e["mean"]) <= PREDICTION_OK for _, e in rows)
     hit_shared = all(abs(e["mean"]) <= PREDICTION_OK for _, e in rows_shared)
     why = []
-    load = max(r["results"]["load_before"] for r in results["per_seed"])
+    load = max(r["results"]["busy_cores_before"] for r in results["per_seed"])
     if not hit and load > QUIET_LOAD:
-        why.append(f"the machine was shared (1-minute load average up to {load:.1f} when a seed started): each rank "
+        why.append(f"the machine was shared (other processes kept up to {load:.2f} cores busy just before a seed "
+                   "started): each rank "
                    "waits at every all-reduce for the other to get a core back, time the one-process run never pays")
     if not hit:
         if hit_shared or any(abs(e2["mean"]) < abs(e1["mean"]) for (_, e1), (_, e2) in zip(rows, rows_shared)):
@@ -278,15 +279,16 @@ def report(results: dict) -> str:
     return "\n".join(lines)
 
 
-QUIET_LOAD = 0.5  # 1-minute load average below which the machine counts as quiet when a seed starts
+QUIET_LOAD = 0.25  # cores kept busy by other processes (over 1 s before a seed) below which the machine is quiet
 
 
 def _load_note(results: dict) -> str:
-    loads = [r["results"]["load_before"] for r in results["per_seed"]]
+    loads = [r["results"]["busy_cores_before"] for r in results["per_seed"]]
     worst = max(loads)
     if worst <= QUIET_LOAD:
-        return f" 1-minute load average when each seed started: at most {worst:.2f} (a quiet machine)."
-    return (f" **1-minute load average when the seeds started: up to {worst:.2f}** (above {QUIET_LOAD}): other "
+        return (f" Cores kept busy by other processes in the second before each seed started: at most {worst:.2f} "
+                "(a quiet machine).")
+    return (f" **Cores kept busy by other processes just before the seeds started: up to {worst:.2f}** (above {QUIET_LOAD}): other "
             "processes competed for the cores, so these timings measure that competition too; rerun on a quiet machine.")
 
 
