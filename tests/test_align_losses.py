@@ -221,6 +221,21 @@ def test_reward_model_is_a_head_on_the_last_tokens_final_hidden_state():
     assert rm.trunk.token_embedding.weight.data_ptr() != gpt.token_embedding.weight.data_ptr()
 
 
+def test_mean_pooled_reward_model_averages_a_per_position_reward():
+    """pool="mean": r = (1/T) Σ_t (w·h_t + b), h_t what the LM head reads at position t; and the prompt
+    positions a pair shares cancel from r_w − r_l only through that average (checked by hand here)."""
+    gpt = tiny_gpt(9)
+    rm = RewardModel(gpt, pool="mean").eval()
+    ids = random_ids(10)
+    seen = {}
+    rm.trunk.lm_head.register_forward_hook(lambda module, args, out: seen.__setitem__("h", args[0]))
+    rm.trunk(ids)
+    per_position = seen["h"] @ rm.head.weight[0] + rm.head.bias[0]  # (B, T)
+    torch.testing.assert_close(rm(ids), per_position.mean(dim=1), rtol=1e-6, atol=1e-6)
+    with pytest.raises(ConfigError, match="pooling 'max'"):
+        RewardModel(gpt, pool="max")
+
+
 def test_reward_model_gradient_matches_finite_differences():
     """∂L_BT/∂θ by autograd against central finite differences (torch.autograd.gradcheck, float64)
     for the head and one matrix of each kind in the trunk."""

@@ -116,19 +116,21 @@ def test_a_larger_beta_moves_the_policy_less(base):
 
 
 # ---- run directories and the CLI --------------------------------------------------------------------------
-def test_reward_run_writes_a_run_directory_that_loads_back(base, prefs, tmp_path):
+@pytest.mark.parametrize("pool", ["last", "mean"])
+def test_reward_run_writes_a_run_directory_that_loads_back(base, prefs, tmp_path, pool):
     file_hash = ckpt.find_checkpoint(base)[1]["files"][ckpt.WEIGHTS]
     out = tmp_path / "rm"
     assert cli.main(["align", "reward", "--run", str(base), "--prefs", str(prefs), "--out", str(out), "--steps", "40",
-                     "--lr", "1e-3", "--held-out", "0.25"]) == 0
+                     "--lr", "1e-3", "--held-out", "0.25", "--pool", pool]) == 0
     record = json.loads((out / "align.json").read_text())
+    assert record["pool"] == pool
     assert record["method"] == "reward-model" and record["reference_unchanged"] is True
     assert record["reference_weights_sha256"] == weights_sha256(load_policy(base)[0])
     assert record["reference_file_sha256"] == file_hash == ckpt.find_checkpoint(base)[1]["files"][ckpt.WEIGHTS]
     assert record["held_out"]["n"] == 50 and record["held_out"]["accuracy"] >= 0.8
     assert (out / "metrics.jsonl").read_text().count("\n") == 40
     model, tokenizer, again = reward.load_reward_model(out)
-    assert again == record
+    assert again == record and model.pool == pool  # read back with the pooling it was trained with
     pairs = planted_pairs(tokenizer)
     chosen, rejected, _ = pair_tensors(pairs)
     _, held = split_pairs(len(pairs), 0.25, 0)

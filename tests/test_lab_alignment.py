@@ -53,9 +53,9 @@ def test_reward_model_learns_a_planted_preference_and_is_at_chance_on_shuffled_l
     s = tiny_lab.s
     tiny_lab.s = lab.Settings.quick(rm_lr=3e-3, rm_batch=32)
     try:
-        real = lab.reward_model_quality(lab.train_reward_model(tiny_lab, pairs, train, 0, 60), pairs, test)
-        shuffled = lab.reward_model_quality(lab.train_reward_model(tiny_lab, pairs, train, 0, 60, shuffle_labels=True),
-                                            pairs, test)
+        real = lab.reward_model_quality(lab.train_reward_model(tiny_lab, pairs, train, 0, 60, pool="last"), pairs, test)
+        shuffled = lab.reward_model_quality(lab.train_reward_model(tiny_lab, pairs, train, 0, 60, shuffle_labels=True,
+                                                                   pool="last"), pairs, test)
     finally:
         tiny_lab.s = s
     assert real["gold_decided_pairs"] == 200

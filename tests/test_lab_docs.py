@@ -48,7 +48,7 @@ def test_generated_pages_say_so_and_how_to_regenerate():
 def test_readme_lab_sections_quote_no_numbers():
     """README points to docs/labs for the figures; a number typed there would go stale unseen."""
     readme = (REPO / "README.md").read_text()
-    for heading in ("## The memory lab", "## Scaling laws"):
+    for heading in ("## The memory lab", "## Scaling laws", "## Alignment", "## The scaling wall"):
         start = readme.index(heading)
         end = readme.index("\n## ", start + 1)
         prose = re.sub(r"`[^`]*`|\(docs/[^)]*\)|^    .*$", "", readme[start:end], flags=re.M)  # commands and links

@@ -192,7 +192,7 @@ def _align_settings(args):
 def cmd_align_reward(args) -> int:
     from groundup.align.reward import reward_run
 
-    reward_run(args.run, args.prefs, args.out, _align_settings(args))
+    reward_run(args.run, args.prefs, args.out, _align_settings(args), pool=args.pool)
     return 0
 
 
@@ -468,10 +468,14 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     al_sub = al.add_subparsers(dest="action", metavar="ACTION", required=True)
     _add_align_rl_commands(al_sub)  # preferences, rl, best-of-n
     ar = al_sub.add_parser("reward", help="train a reward model r(x, y) on preference pairs (Bradley–Terry)",
-                           description="A reward model (π_ref's trunk + a scalar head on the last token) trained with "
+                           description="A reward model (π_ref's trunk + a scalar head on the last token, or on the mean "
+                                       "over positions with --pool mean) trained with "
                                        "−log σ(r_w − r_l) on preference pairs; reports held-out accuracy and agreement "
                                        "with the gold judge. Writes a run directory plus align.json.")
     _add_align_training_options(ar, steps=200, lr=1e-4)
+    ar.add_argument("--pool", choices=("last", "mean"), default="last",
+                    help="the head reads the last token's hidden state (the usual reward model) or the mean over "
+                         "positions (a sum of local features: suits a word-level judge on a small character model)")
     ar.set_defaults(func=cmd_align_reward)
     ad = al_sub.add_parser("dpo", help="Direct Preference Optimisation of a policy run on preference pairs",
                            description="DPO (Rafailov et al. 2023): −log σ(β·[(log π_w − log ref_w) − (log π_l − "

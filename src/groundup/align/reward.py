@@ -94,17 +94,18 @@ class RewardTraining:
 
 
 def train_reward_model(policy: GPT, pairs, settings: AlignSettings, *, config: RunConfig | None = None,
-                       metrics: MetricsLogger | None = None, progress: bool = False) -> RewardTraining:
+                       metrics: MetricsLogger | None = None, progress: bool = False, pool: str = "last") -> RewardTraining:
     """A RewardModel initialised from `policy` (copied: the policy is not changed), trained with the
     Bradley–Terry loss on the pairs not held out (settings.held_out, split by settings.seed).
     `config`: the policy's run config (its AdamW betas, weight decay, dtype; default: the defaults).
+    `pool`: the head on the last token or on the mean over positions (groundup.model.reward).
     In memory; reward_run wraps it into a run directory."""
     device = pick_device(settings.device)
     chosen, rejected, _ = pair_tensors(pairs, policy.config.vocab_size, policy.config.block_size)
     g_w, g_l = gold_tensors(pairs)
     train_idx, held_idx = split_pairs(len(pairs), settings.held_out, settings.seed)
     torch.manual_seed(settings.seed)  # the head's initialisation
-    model = RewardModel(policy).to(device)
+    model = RewardModel(policy, pool=pool).to(device)
     model.eval()  # dropout off
     held = lambda: pair_stats(model, chosen[held_idx], rejected[held_idx], g_w[held_idx], g_l[held_idx])  # noqa: E731
     before = held()
@@ -116,7 +117,7 @@ def train_reward_model(policy: GPT, pairs, settings: AlignSettings, *, config: R
 
 
 def reward_run(run_dir: str | os.PathLike, prefs: str | os.PathLike, out: str | os.PathLike,
-               settings: AlignSettings | None = None, progress: bool = True) -> dict:
+               settings: AlignSettings | None = None, progress: bool = True, pool: str = "last") -> dict:
     """Train a reward model from the policy run `run_dir` on the pairs in `prefs` into the new run
     directory `out`; returns what align.json records (held-out accuracy, gold agreement, …)."""
     settings = settings or AlignSettings()
@@ -126,10 +127,10 @@ def reward_run(run_dir: str | os.PathLike, prefs: str | os.PathLike, out: str | 
     reference = reference_record(run_dir, policy)
     with creating(out):
         result = train_reward_model(policy, pairs, settings, config=config, metrics=MetricsLogger(out / "metrics.jsonl"),
-                                    progress=progress)
+                                    progress=progress, pool=pool)
         check_reference_unchanged(run_dir, policy, reference)
         record = {"method": METHOD, "loss": "-log sigmoid(r(x, y_w) - r(x, y_l))  (Bradley-Terry)", "beta": None,
-                  **reference, "reward_source": "preferences", "preferences": str(Path(prefs).resolve()),
+                  "pool": pool, **reference, "reward_source": "preferences", "preferences": str(Path(prefs).resolve()),
                   "preferences_sha256": ckpt.sha256_bytes(Path(prefs).read_bytes()), "preferences_meta": meta, "pairs": len(pairs),
                   "settings": asdict(settings), "reference_unchanged": True,
                   "held_out_before": asdict(result.before), "held_out": asdict(result.held_out), "train": asdict(result.train),
@@ -163,7 +164,7 @@ def load_reward_model(run_dir: str | os.PathLike, device: str = "cpu") -> tuple[
                             f"{record.get('method') if isinstance(record, dict) else None!r})")
     directory, _ = ckpt.find_checkpoint(run_dir)
     config = ckpt.read_run_config(run_dir)
-    model = RewardModel(GPT(config.model))
+    model = RewardModel(GPT(config.model), pool=record.get("pool", "last"))
     model.load_weights(ckpt.read_tensors(directory / ckpt.WEIGHTS), str(directory / ckpt.WEIGHTS))
     tokenizer = load_tokenizer(run_dir / ckpt.TOKENIZER)
     return model.to(pick_device(device)).eval(), tokenizer, record

@@ -60,10 +60,11 @@ class Settings:
     prompt_len: int = 16
     length: int = DEFAULT_LENGTH  # continuation characters the gold judge reads (align.gold: long enough for words)
     # preferences and the reward model r_φ
-    n_pairs: int = 4000  # most pairs tie on gold (no sentiment word): about a third carry signal
+    n_pairs: int = 20000  # about 45% tie on gold (no sentiment word in either): the rest carry the signal
     held_out: float = 0.1
     bt_scale: float = DEFAULT_BT_SCALE
-    rm_steps: int = 400
+    rm_pool: str = "mean"  # the head on the mean over positions; a last-token head is trained beside it (ablation)
+    rm_steps: int = 1500
     rm_batch: int = 32
     rm_lr: float = 3e-4
     # the policies: one β grid for RL and DPO
@@ -181,15 +182,17 @@ def measure(lab: Lab, policy, rm, prompts: torch.Tensor, seed: int, samples: int
 
 
 # ---- the reward model ----------------------------------------------------------------------------
-def train_reward_model(lab: Lab, pairs: list[PreferencePair], train_idx, seed: int, steps: int, shuffle_labels=False):
+def train_reward_model(lab: Lab, pairs: list[PreferencePair], train_idx, seed: int, steps: int, shuffle_labels=False,
+                       pool: str | None = None):
     """r_φ: RewardModel(π_ref) trained on the pairs with the Bradley–Terry loss (train/align), through fit.
-    shuffle_labels swaps chosen and rejected at random (a control: no signal left to learn)."""
+    shuffle_labels swaps chosen and rejected at random (a control: no signal left to learn).
+    pool: the head's input (groundup.model.reward); None = the settings' rm_pool."""
     s = lab.s
     chosen, rejected, _ = pair_tensors([pairs[i] for i in train_idx], lab.tokenizer.vocab_size)
     if shuffle_labels:
         flip = torch.from_numpy(np.random.default_rng(seed + 99).random(len(chosen)) < 0.5)
         chosen, rejected = torch.where(flip[:, None], rejected, chosen), torch.where(flip[:, None], chosen, rejected)
-    rm = RewardModel(lab.ref)
+    rm = RewardModel(lab.ref, pool=pool or s.rm_pool)
     settings = AlignSettings(steps=steps, lr=s.rm_lr, batch_size=s.rm_batch, seed=seed, device=s.device)
     engine = align_engine(rm, align_run_config(lab.config, settings), lab.device)
     torch.manual_seed(seed)
@@ -344,6 +347,11 @@ def run_seed(lab: Lab, seed: int, say=print) -> dict:
            "reward_model": reward_model_quality(rm, pairs, test_idx)}
     say(f"  r_φ: held-out label accuracy {out['reward_model']['label_accuracy']:.3f}, gold agreement "
         f"{out['reward_model']['gold_agreement']:.3f}")
+    if s.rm_pool != "last":  # the usual reward model, on the same pairs and steps: what the pooling buys
+        last = train_reward_model(lab, pairs, train_idx, seed, s.rm_steps, pool="last")
+        out["reward_model_last_token"] = reward_model_quality(last, pairs, test_idx)
+        say(f"  r_φ with the head on the last token instead: gold agreement "
+            f"{out['reward_model_last_token']['gold_agreement']:.3f}")
 
     eval_prompts = prompts_from_corpus(lab.tokenizer, s.corpus, s.eval_prompts, P, 2000 + seed, split="val")
     pool = prompts_from_corpus(lab.tokenizer, s.corpus, 4096, P, 3000 + seed, split="train")

@@ -10,7 +10,7 @@ from groundup.labs.harness import lower, setup_line, short, stat, upper
 from groundup.report.markdown import table
 from groundup.report.plots import new_figure, save_figure
 
-VERSION = 1
+VERSION = 2  # 2: r_φ's head on the mean over positions, 20,000 pairs, 1500 steps (version 1: last token, at chance)
 PLOTS = {"gold": "alignment_frontier_gold.png", "proxy": "alignment_frontier_proxy.png",
          "over": "alignment_overoptimisation.png", "exact": "alignment_exact.png"}
 
@@ -33,6 +33,23 @@ def _agg(results: dict) -> dict:
 
 def _on(n: int) -> str:
     return "95% interval over seeds" if n > 1 else "single value (1 seed: no interval)"
+
+
+def _pool(cfg: dict) -> str:
+    if cfg.get("rm_pool", "last") == "mean":
+        return "the mean of the final hidden states over positions (a sum of local features)"
+    return "the last token's final hidden state"
+
+
+def _last_token_line(agg: dict) -> str:
+    """The ablation: the usual reward model (head on the last token), same pairs, same steps."""
+    if "reward_model_last_token" not in agg:
+        return ""
+    last = agg["reward_model_last_token"]
+    return (f" The same training with the head on the last token's hidden state (the usual reward model): label "
+            f"accuracy {stat(last['label_accuracy'])}, gold agreement {stat(last['gold_agreement'])} — a two-layer "
+            "character model does not carry which words occurred to one position well enough; the mean over "
+            "positions scores each place a word can sit.")
 
 
 def _betas(results: dict) -> list[str]:
@@ -185,7 +202,7 @@ def report(results: dict) -> str:
              f"and the policies. Prompts: {cfg['prompt_len']} characters of the validation text; continuations: "
              f"{cfg['length']} characters at temperature 1. {cfg['n_pairs']} preference pairs per seed "
              f"({cfg['held_out']:.0%} held out), labels drawn with P(a ≻ b) = σ((g_a − g_b)/{cfg['bt_scale']}); r_φ: "
-             f"π_ref's trunk + a scalar head, {cfg['rm_steps']} steps of the Bradley–Terry loss. RL: REINFORCE with a "
+             f"π_ref's trunk + a scalar head on {_pool(cfg)}, {cfg['rm_steps']} steps of the Bradley–Terry loss. RL: REINFORCE with a "
              f"leave-one-out baseline, per-token KL folded into the return, {cfg['rl_steps']} steps of "
              f"{cfg['rl_prompts']}×{cfg['rl_samples']} samples; DPO: {cfg['dpo_steps']} steps of {cfg['dpo_batch']} "
              f"pairs; both at β ∈ {{{', '.join(_betas(results))}}}. Best-of-n: n ∈ {{{', '.join(map(str, cfg['best_of_n']))}}} "
@@ -198,7 +215,8 @@ def report(results: dict) -> str:
               f"Pairs whose two continuations have the same gold score (mostly: no sentiment word in either): "
               f"{short(pref['gold_tied'])}; where they differ, the drawn label agrees with gold "
               f"{short(pref['label_agrees_with_gold'])} of the time. Held-out r_φ: label accuracy "
-              f"{stat(agg['reward_model']['label_accuracy'])}, gold agreement {stat(agg['reward_model']['gold_agreement'])}.", ""]
+              f"{stat(agg['reward_model']['label_accuracy'])}, gold agreement {stat(agg['reward_model']['gold_agreement'])}."
+              + _last_token_line(agg), ""]
 
     rows = [_row(agg["ref"], "π_ref", "—")]
     rows += [_row(agg["rl"][b], "RL", f"β = {b}") for b in _betas(results)]
