@@ -14,7 +14,7 @@
 projection.py, validation.py and sdc.py hold the parts, lab.py runs them per seed on the harness,
 report.py turns results.json into verdicts, report.md and plots.
 
-    groundup lab failures                  # 3 seeds (≈ 8 min on a quiet 2-core machine)
+    groundup lab failures                  # 3 seeds by default, about 4 min on the 2-core machine (6 seeds: 9 min)
     groundup lab failures --quick          # 1 seed, one supervised run, few flips (< 2 min)
     groundup lab failures --report-from runs/failures/results.json --out DIR
 """

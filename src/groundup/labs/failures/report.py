@@ -131,7 +131,7 @@ corruption) is either caught by the training guards (non-finite or spiking loss)
 cheap detector catches what matters among the rest.
 
 ```
-groundup lab failures            # 3 seeds (≈ 8 min on a quiet 2-core machine)
+groundup lab failures            # 3 seeds by default (each run's wall time: Setup below)
 groundup lab failures --quick    # 1 seed, one supervised run, few flips (< 2 min)
 groundup lab failures --report-from runs/failures/results.json --out DIR
 ```
