@@ -139,6 +139,8 @@ def test_reward_run_writes_a_run_directory_that_loads_back(base, prefs, tmp_path
     assert stats.accuracy == pytest.approx(record["held_out"]["accuracy"])  # the saved weights are the trained ones
     with pytest.raises(GroundupError, match="not a reward-model run"):
         reward.load_reward_model(base)  # a plain training run: no align.json
+    with pytest.raises(GroundupError, match="is a reward-model run .* no language-model head"):
+        load_run(out)  # `groundup sample` on it: one line, not a missing-tensor error
 
 
 def test_dpo_run_writes_a_policy_run_that_samples(base, prefs, tmp_path, capsys):

@@ -175,6 +175,10 @@ def load_run(run_dir: str | os.PathLike, device: str = "auto"):
     """(model, tokenizer, config) from a run directory written by either engine, or by `groundup
     quantize` (its linears are then QuantizedLinears)."""
     run_dir = Path(run_dir)
+    if ckpt.align_method(run_dir) == "reward-model":
+        raise GroundupError(f"{run_dir} is a reward-model run (groundup align reward): it scores text with one number "
+                            "and has no language-model head to sample from; sample the policy it was trained from, or "
+                            "an `align rl` / `align dpo` run")
     model, config, _ = load_model(run_dir, device)
     tokenizer_path = run_dir / ckpt.TOKENIZER
     if not tokenizer_path.exists():

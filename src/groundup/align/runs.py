@@ -149,7 +149,7 @@ class PairBatches:
 
 
 # ---- alignment run directories --------------------------------------------------------------------
-ALIGN = "align.json"  # in every alignment run directory: the method, β, the reference and its hash
+ALIGN = ckpt.ALIGN  # in every alignment run directory: the method, β, the reference and its hash
 
 
 @dataclass

@@ -44,6 +44,7 @@ CONFIG = "config.json"
 TOKENIZER = "tokenizer.json"
 CHECKPOINTS = "checkpoints"
 QUANTIZATION = "quantization"  # state.json key of a quantized run's recipe (groundup.quantize)
+ALIGN = "align.json"  # in every alignment run (groundup.align): the method, β, the reference and its hash
 
 
 def sha256_bytes(data: bytes) -> str:
@@ -309,3 +310,13 @@ def read_run_config(run_dir: str | os.PathLike) -> RunConfig:
 
 def write_run_config(run_dir: str | os.PathLike, config: RunConfig) -> None:
     atomic_write_json(Path(run_dir) / CONFIG, config.to_dict())
+
+
+def align_method(run_dir: str | os.PathLike) -> str | None:
+    """The method an alignment run's align.json names ("reward-model", "dpo", "rl"), or None for any
+    other run (no align.json, or one that is not a JSON object)."""
+    try:
+        record = json.loads((Path(run_dir) / ALIGN).read_text(encoding="utf-8"))
+    except (OSError, ValueError, UnicodeDecodeError):
+        return None
+    return record.get("method") if isinstance(record, dict) else None
