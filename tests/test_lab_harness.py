@@ -9,6 +9,7 @@ import math
 
 import pytest
 
+from groundup import cli
 from groundup.errors import GroundupError
 from groundup.labs import harness
 
@@ -76,3 +77,12 @@ def test_results_round_trip_and_report_from_errors(tmp_path):
     with pytest.raises(GroundupError, match="--seeds must be at least 1"):
         harness.seed_list(0, 0)
     assert math.isfinite(results["wall_seconds"])
+
+
+@pytest.mark.parametrize("lab", ["memory", "attention-cost", "geometry", "moe", "efficiency", "data-wall", "comms",
+                                 "failures", "alignment"])
+def test_seeds_zero_is_an_error_not_the_default(lab, tmp_path, capsys):
+    """`--seeds 0` used to read as "not given" (args.seeds or DEFAULT) and ran the full default run."""
+    assert cli.main(["lab", lab, "--seeds", "0", "--out", str(tmp_path / lab)]) == 2
+    assert "--seeds must be at least 1, got 0" in capsys.readouterr().err
+    assert not (tmp_path / lab / "results.json").exists()

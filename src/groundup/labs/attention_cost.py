@@ -546,7 +546,7 @@ def run(args) -> int:
             raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
     if args.threads < 0:
         raise ConfigError(f"--threads must be ≥ 0, got {args.threads}")
-    seeds = harness.seed_list(args.seed, args.seeds if args.seeds is not None else (1 if args.quick else 3))
+    seeds = harness.lab_seeds(args, 3)
     custom = args.lengths or args.widths or args.repeats or args.forward_only or (args.n_head, args.batch) != (4, 1)
     results = run_lab(lengths, args.out, widths, args.n_head, args.batch, repeats, not args.forward_only, args.device,
                       threads=args.threads, seeds=seeds, mode="quick" if args.quick else ("custom" if custom else "default"))

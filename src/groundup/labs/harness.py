@@ -116,6 +116,12 @@ def seed_list(first: int, n: int) -> list[int]:
     return [first + k for k in range(n)]
 
 
+def lab_seeds(args, default: int) -> list[int]:
+    """The seeds a lab's command line asks for: --seeds N (else 1 with --quick, else `default`) counted
+    from --seed. `--seeds 0` is an error, not the default."""
+    return seed_list(args.seed, args.seeds if args.seeds is not None else (1 if args.quick else default))
+
+
 def make_results(lab: str, version: int, config: dict, per_seed: list[dict], mode: str, wall_seconds: float,
                  extra: dict | None = None) -> dict:
     """The results.json document."""

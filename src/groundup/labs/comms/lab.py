@@ -216,7 +216,7 @@ def run(args) -> int:
             changes["process_counts" if name == "ranks" else name] = _counts(getattr(args, name))
     s = Settings.quick(**changes) if args.quick else Settings(**changes)
     check(s)
-    seeds = harness.seed_list(args.seed, args.seeds if args.seeds is not None else (1 if args.quick else DEFAULT_SEEDS))
+    seeds = harness.lab_seeds(args, DEFAULT_SEEDS)
     out = args.out or DEFAULT_OUT
     results = run_lab(s, seeds, out, mode="quick" if args.quick else "default")
     harness.print_verdicts(report.verdicts(results), out, results["wall_seconds"])

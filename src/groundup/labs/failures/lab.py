@@ -112,7 +112,7 @@ def run(args) -> int:
             raise GroundupError(f"--restart-seconds must be ≥ 0, got {args.restart_seconds}")
         changes["cluster_restart_s"] = args.restart_seconds
     s = Settings.quick(**changes) if args.quick else Settings(**changes)
-    seeds = harness.seed_list(args.seed, args.seeds or (1 if args.quick else DEFAULT_SEEDS))
+    seeds = harness.lab_seeds(args, DEFAULT_SEEDS)
     out = args.out or DEFAULT_OUT
     results = run_lab(s, seeds, out, mode="quick" if args.quick else "default")
     harness.print_verdicts(report.verdicts(results), out, results["wall_seconds"])

@@ -185,7 +185,7 @@ def run(args) -> int:
         return harness.report_from(report, LAB, args, DEFAULT_OUT)
     changes = {"device": args.device, **harness.positive_options(args, ("head_steps", "emb_steps"))}
     settings = Settings.quick(**changes) if args.quick else Settings(**changes)
-    seeds = harness.seed_list(args.seed, args.seeds or (1 if args.quick else DEFAULT_SEEDS))
+    seeds = harness.lab_seeds(args, DEFAULT_SEEDS)
     out = args.out or DEFAULT_OUT
     results = run_lab(settings, seeds, out, mode="quick" if args.quick else "default")
     harness.print_verdicts(report.verdicts(results), out, results["wall_seconds"])

@@ -55,7 +55,7 @@ def run(args) -> int:
     if args.fact is not None and args.answer is None:
         raise GroundupError("with --fact, say which end of it is the answer: --answer 'WORDS.'")
     settings = Settings.quick(**changes) if args.quick else Settings(**changes)
-    seeds = harness.seed_list(args.seed, args.seeds if args.seeds is not None else (1 if args.quick else DEFAULT_SEEDS))
+    seeds = harness.lab_seeds(args, DEFAULT_SEEDS)
     out = args.out or DEFAULT_OUT
     results = run_lab(settings, seeds, out, only, run=args.run, corpus_a=args.corpus_a, corpus_b=args.corpus_b,
                       mode=_mode(args))

@@ -445,7 +445,7 @@ def run(args) -> int:
     if "steps" in changes:
         changes["equal_total_steps"] = changes["steps"]
     settings = Settings.quick(**changes) if args.quick else Settings(**changes)
-    seeds = harness.seed_list(args.seed, args.seeds or (1 if args.quick else DEFAULT_SEEDS))
+    seeds = harness.lab_seeds(args, DEFAULT_SEEDS)
     out = args.out or DEFAULT_OUT
     results = run_lab(settings, seeds, out, mode="quick" if args.quick else "default")
     harness.print_verdicts(report.verdicts(results), out, results["wall_seconds"])
