@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -204,3 +205,15 @@ def test_bad_arguments_get_one_clear_line(capsys, tmp_path):
     other.write_text(json.dumps({"schema": harness.SCHEMA, "lab": "geometry"}))
     assert main(["lab", "alignment", "--report-from", str(other), "--out", str(tmp_path)]) == 2
     assert "not a results.json of the alignment lab" in capsys.readouterr().err
+
+
+def test_the_over_optimisation_verdict_says_when_gold_hit_its_ceiling():
+    """A gold reward that ends at the judge's maximum means RL optimised the judge itself: the verdict
+    says so (from the committed default run), and says nothing of it when gold stays low."""
+    committed = json.loads((Path(__file__).resolve().parents[1] / "docs/labs/results/alignment.json").read_text())
+    small = min(committed["aggregate"]["rl"], key=float)
+    assert committed["aggregate"]["rl"][small]["gold"]["ci95"][0] >= 0.9  # the committed run did saturate
+    assert "judge's ceiling of 1" in report.verdicts(committed)["over-optimisation"]
+    low = copy.deepcopy(committed)
+    low["aggregate"]["rl"][small]["gold"] = {"mean": 0.2, "sd": 0.01, "ci95": [0.18, 0.22], "n": 3}
+    assert "ceiling" not in report.verdicts(low)["over-optimisation"]

@@ -52,6 +52,21 @@ def _last_token_line(agg: dict) -> str:
             "positions scores each place a word can sit.")
 
 
+GOLD_CEILING = 1.0  # VADER's compound score lies in [−1, 1]
+SATURATED = 0.9  # a mean gold reward this close to the ceiling leaves no room to rise and then fall
+
+
+def _gold_ceiling(gold: dict) -> str:
+    """When RL's gold reward ends near the judge's own maximum, the policy has optimised the judge
+    itself: the turn-down Gao et al. describe cannot show, whatever r_φ does."""
+    if lower(gold) < SATURATED:
+        return ""
+    return (f" The gold reward ended at {stat(gold)}, against the judge's ceiling of {GOLD_CEILING:g}: RL reached the "
+            "gold judge's own optimum (the samples below: repeated positive words), so a lexicon judge is as "
+            "hackable as r_φ and left no room to turn down; a judge that also scores fluency would be needed to test "
+            "the claim.")
+
+
 def _betas(results: dict) -> list[str]:
     return [f"{b:g}" for b in results["config"]["betas"]]
 
@@ -156,7 +171,8 @@ def verdicts(results: dict) -> dict[str, str]:
         f"against π_ref on the same prompts: proxy {stat(end['proxy_gain'], signed=True)}, gold "
         f"{stat(end['gold_gain'], signed=True)} ({'gold below π_ref while the proxy rose' if below_ref else 'gold not below π_ref beyond noise'}). "
         f"Across β, RL's gold reward {rose_text}. {GAO}. 'Turned down' needs (a) the gold drop's interval above 0 while the proxy rose, or (b) the gold gain's "
-        "interval below 0 while the proxy gain's is above 0; without either, the claim is not shown at our KL range.")
+        "interval below 0 while the proxy gain's is above 0; without either, the claim is not shown at our KL range."
+        + _gold_ceiling(end["gold"]))
 
     ex = agg["exact"]["betas"]
     # per seed: J(π*) − J of every trained policy (each seed's own π*), the smallest one
