@@ -201,6 +201,16 @@ def upper(summary: dict) -> float:
     return summary["mean"] if summary["ci95"] is None else summary["ci95"][1]
 
 
+def band(ax, x, summaries: list[dict], label: str, **kw):
+    """Plot the means of `summaries` against x on a matplotlib axis, with their 95% intervals as a band
+    when every point has one (one seed: the line alone). Returns the line."""
+    mean = [s["mean"] for s in summaries]
+    line, = ax.plot(x, mean, label=label, **kw)
+    if all(s["ci95"] is not None for s in summaries):
+        ax.fill_between(x, [lower(s) for s in summaries], [upper(s) for s in summaries], alpha=0.2, color=line.get_color())
+    return line
+
+
 def setup_line(results: dict) -> str:
     """Seeds, mode, wall time, date, version: the line every report opens its setup with."""
     seeds = results["seeds"]

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from groundup.labs.data_wall.effective import R_STAR_BOUNDS, DataLaw, effective_data
-from groundup.labs.harness import lower, setup_line, short, stat, upper
+from groundup.labs.harness import band, lower, setup_line, short, stat, upper
 from groundup.report.markdown import table
 from groundup.report.plots import new_figure, save_figure
 
@@ -280,14 +280,6 @@ def report(results: dict) -> str:
 
 
 # ---- plots ---------------------------------------------------------------------------------------------
-def _band(ax, x, summaries, label, **kw):
-    mean = [s["mean"] for s in summaries]
-    line, = ax.plot(x, mean, label=label, **kw)
-    if all(s["ci95"] is not None for s in summaries):
-        ax.fill_between(x, [lower(s) for s in summaries], [upper(s) for s in summaries], alpha=0.2, color=line.get_color())
-    return line
-
-
 def plots(results: dict, out: str | Path) -> list[Path]:
     out, agg, cfg, fit = Path(out), results["aggregate"], results["config"], results["fit"]
     rep, col, n = agg["repetition"], agg["collapse"], _n(results)
@@ -301,7 +293,7 @@ def plots(results: dict, out: str | Path) -> list[Path]:
     ep = [r["epochs"]["mean"] for r in runs]
     fig, ax = new_figure(f"Held-out loss at a fixed budget of {D:,.0f} tokens\n({note})", "epochs over U = D/E unique tokens",
                          "held-out loss (nats/char)")
-    _band(ax, ep, [r["val_loss"] for r in runs], "measured", marker="o")
+    band(ax, ep, [r["val_loss"] for r in runs], "measured", marker="o")
     grid = np.geomspace(1, max(ep), 100)
     for rs, label, style in ((fit["r_star"], f"eq. 5, fitted R* = {fit['r_star']:.1f}", "--"),
                              (MUENNIGHOFF_R_STAR, f"eq. 5, R* = {MUENNIGHOFF_R_STAR} (Muennighoff)", ":")):
@@ -343,14 +335,14 @@ def plots(results: dict, out: str | Path) -> list[Path]:
     gens = list(range(cfg["generations"] + 1))
     fig, ax = new_figure(f"Held-out REAL loss by generation ({note})", "generation", "held-out loss (nats/char)")
     for regime in regimes:
-        _band(ax, gens, col[regime]["val_loss"], regime, marker="o")
+        band(ax, gens, col[regime]["val_loss"], regime, marker="o")
     ax.legend()
     paths.append(save_figure(fig, out / PLOTS["loss"]))
 
     fig, (a1, a2) = _two_panels(f"The tail by generation ({note})")
     for regime in regimes:
-        _band(a1, gens, col[regime]["tail_mass_ratio"], regime, marker="o")
-        _band(a2, gens, col[regime]["rare_loss"], regime, marker="o")
+        band(a1, gens, col[regime]["tail_mass_ratio"], regime, marker="o")
+        band(a2, gens, col[regime]["rare_loss"], regime, marker="o")
     a1.axhline(1.0, color="gray", lw=0.8, ls=":", label="real share")
     a1.set_xlabel("generation")
     a1.set_ylabel("samples' tail mass / real tail mass")
@@ -362,7 +354,7 @@ def plots(results: dict, out: str | Path) -> list[Path]:
     fig, ax = new_figure(f"Distinct {cfg['ngram']}-grams of each generation's samples\n({note})", "generation",
                          f"distinct {cfg['ngram']}-grams / {cfg['ngram']}-grams")
     for regime in regimes:
-        _band(ax, gens, col[regime]["distinct"], regime, marker="o")
+        band(ax, gens, col[regime]["distinct"], regime, marker="o")
     ax.axhline(col["real_distinct"]["mean"], color="gray", ls=":", label="real text, same size")
     ax.legend()
     paths.append(save_figure(fig, out / PLOTS["diversity"]))

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from groundup.labs.harness import lower, setup_line, short, stat, upper
+from groundup.labs.harness import band, lower, setup_line, short, stat, upper
 from groundup.report.markdown import table
 from groundup.report.plots import new_figure, save_figure
 
@@ -310,14 +310,6 @@ def report(results: dict) -> str:
 
 
 # ---- plots ---------------------------------------------------------------------------------------------
-def _band(ax, x, summaries, label, **kw):
-    mean = [s["mean"] for s in summaries]
-    line, = ax.plot(x, mean, label=label, **kw)
-    if all(s["ci95"] is not None for s in summaries):
-        ax.fill_between(x, [lower(s) for s in summaries], [upper(s) for s in summaries], alpha=0.2, color=line.get_color())
-    return line
-
-
 def plots(results: dict, out: str | Path) -> list[Path]:
     out, agg, cfg = Path(out), results["aggregate"], results["config"]
     runs, n, sizes, E = agg["runs"], _n(results), cfg["sizes"], cfg["n_experts"]
@@ -329,7 +321,7 @@ def plots(results: dict, out: str | Path) -> list[Path]:
         for j, size in enumerate(sizes):
             for name, style in ((f"dense-{size}", "-"), (f"moe-{size}", "--")):
                 c = runs[name]["curve"]
-                _band(ax, [x["mean"] * scale for x in c[key]], c["val_loss"], name, ls=style, color=f"C{j}")
+                band(ax, [x["mean"] * scale for x in c[key]], c["val_loss"], name, ls=style, color=f"C{j}")
         if key == "flops":
             ax.set_xscale("log")
         ax.legend()
@@ -339,7 +331,7 @@ def plots(results: dict, out: str | Path) -> list[Path]:
     steps = [x["mean"] for x in runs[base]["curve"]["step"]]
     fig, ax = new_figure(f"Expert load over training, validation batches ({note})", "training step", "effective experts 2^H(load)")
     for name, label in ((base, f"α = {cfg['balance_loss']}"), ("moe-no-balance", "α = 0")):
-        _band(ax, steps, runs[name]["balance"]["effective_experts"], label)
+        band(ax, steps, runs[name]["balance"]["effective_experts"], label)
     ax.axhline(E, color="gray", lw=0.8, ls=":", label=f"even ({E})")
     ax.axhline(COLLAPSE * E, color="gray", lw=0.8, ls="--", label="collapse threshold")
     ax.set_ylim(0, E * 1.05)
@@ -348,7 +340,7 @@ def plots(results: dict, out: str | Path) -> list[Path]:
 
     fig, ax = new_figure(f"Router entropy over training ({note})", "training step", "mean H(p) / log₂E")
     for name, label in ((base, f"α = {cfg['balance_loss']}"), ("moe-no-balance", "α = 0")):
-        _band(ax, steps, runs[name]["balance"]["entropy_fraction"], label)
+        band(ax, steps, runs[name]["balance"]["entropy_fraction"], label)
     ax.set_ylim(0, 1.05)
     ax.legend()
     paths.append(save_figure(fig, out / PLOTS["entropy"]))
@@ -356,8 +348,8 @@ def plots(results: dict, out: str | Path) -> list[Path]:
     cap = agg["capacity"]
     fig, ax = new_figure(f"Dropped assignments vs capacity factor ({note})", "capacity factor", "fraction of assignments dropped")
     cfs = cfg["capacity_factors"]
-    _band(ax, cfs, cap["with"]["dropped"], f"α = {cfg['balance_loss']}", marker="o")
-    _band(ax, cfs, cap["without"]["dropped"], "α = 0", marker="s")
+    band(ax, cfs, cap["with"]["dropped"], f"α = {cfg['balance_loss']}", marker="o")
+    band(ax, cfs, cap["without"]["dropped"], "α = 0", marker="s")
     ax.plot(cfs, [max(0.0, 1 - cf) for cf in cfs], ":", color="gray", label="perfectly even routing")
     ax.legend()
     paths.append(save_figure(fig, out / PLOTS["capacity"]))
