@@ -99,13 +99,9 @@ def reduce_scatter_seconds(message_bytes: float, n: int, bus_bandwidth: float, l
 def all_gather_seconds(message_bytes: float, n: int, bus_bandwidth: float, latency: float = 0.0) -> float:
     """All-gather into a full buffer of S bytes (each rank contributes S/n): each rank receives
     n − 1 chunks of S/n, so t = α + (S / B_bus) · (n − 1)/n; 0 for n = 1 (nccl-tests
-    doc/PERFORMANCE.md, "allgather")."""
-    _check_ranks(n)
-    _check_nonnegative(message_bytes=message_bytes, latency=latency)
-    _check_positive(bus_bandwidth=bus_bandwidth)
-    if n == 1:
-        return 0.0
-    return latency + message_bytes / bus_bandwidth * (n - 1) / n
+    doc/PERFORMANCE.md, "allgather"). The mirror image of a reduce-scatter: the same chunks travel the
+    other way, so the same time."""
+    return reduce_scatter_seconds(message_bytes, n, bus_bandwidth, latency)
 
 
 def comm_seconds_per_step(n_params: float, n_gpus: int, parallelism: Parallelism, bus_bandwidth: float,
